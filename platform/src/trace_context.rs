@@ -1,0 +1,60 @@
+//! W3C trace context (`traceparent`) across process hops.
+//!
+//! Outgoing calls copy the current span's context into headers ([`current_headers`]); incoming
+//! requests and messages make their span a child of the caller's ([`set_parent`]). With no exporter
+//! configured the ids are still propagated, so logs of one journey share a trace id end to end.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The current span's context as `traceparent`/`tracestate` pairs.
+pub fn current_headers() -> HashMap<String, String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier
+}
+
+/// Makes `span` a child of the context found in `carrier`, if any.
+pub fn set_parent(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
+    let _ = span.set_parent(parent);
+}
+
+/// Adapts an HTTP header map for extraction and injection.
+pub struct HeaderCarrier<'a>(pub &'a mut axum::http::HeaderMap);
+
+impl Injector for HeaderCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (axum::http::HeaderName::from_bytes(key.as_bytes()), axum::http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Read-only view of an HTTP header map.
+pub struct HeaderExtractor<'a>(pub &'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(axum::http::HeaderName::as_str).collect()
+    }
+}
+
+/// Copies the current trace context into an outgoing HTTP header map.
+pub fn inject_into(headers: &mut axum::http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderCarrier(headers));
+    });
+}

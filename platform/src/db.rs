@@ -93,6 +93,17 @@ pub fn lazy_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     Ok(pool_options(config).connect_lazy_with(options))
 }
 
+/// What a service does at start-up: create its database if missing, connect, migrate.
+///
+/// Creating needs the CREATEDB privilege; where the database is provisioned by someone else (managed
+/// Postgres) the attempt fails harmlessly and the connection that follows tells whether it exists.
+pub async fn prepare(config: &DatabaseConfig, migrator: &Migrator) -> anyhow::Result<PgPool> {
+    if let Err(error) = ensure_database(&config.url).await {
+        tracing::warn!(error = %format!("{error:#}"), "could not ensure the database exists; trying to use it anyway");
+    }
+    connect_and_migrate(config, migrator).await
+}
+
 /// Connects (failing fast if Postgres is down), then applies `migrator`.
 pub async fn connect_and_migrate(config: &DatabaseConfig, migrator: &Migrator) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(&config.url)?;

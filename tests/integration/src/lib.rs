@@ -8,10 +8,12 @@ use std::sync::Once;
 
 pub mod db;
 pub mod names;
+pub mod proxy;
 pub mod service;
 
 pub use db::TestDatabase;
 pub use names::TestNames;
+pub use proxy::TcpProxy;
 pub use service::RunningService;
 
 /// Postgres server the tests create their databases on (any database name in it is replaced).

@@ -42,3 +42,23 @@ async fn two_tests_creating_databases_at_once_do_not_collide() {
     let (da, db) = (da.expect("first database"), db.expect("second database"));
     assert_ne!(da.url, db.url);
 }
+
+#[tokio::test]
+async fn the_proxy_cuts_and_restores_a_dependency_for_one_test() {
+    use std::str::FromStr;
+    integration::init();
+    let upstream = std::net::SocketAddr::from_str("127.0.0.1:5432").expect("address");
+    let proxy = integration::TcpProxy::start(upstream).await.expect("start proxy");
+    let url = format!("postgres://postgres@{}/postgres", proxy.addr);
+
+    let mut conn = PgConnection::connect(&url).await.expect("connect through the proxy");
+    sqlx::query("SELECT 1").execute(&mut conn).await.expect("query through the proxy");
+
+    proxy.cut();
+    assert!(sqlx::query("SELECT 1").execute(&mut conn).await.is_err(), "the open connection is reset");
+    assert!(PgConnection::connect(&url).await.is_err(), "new connections are refused");
+
+    proxy.restore();
+    let mut conn = PgConnection::connect(&url).await.expect("reconnect after restore");
+    sqlx::query("SELECT 1").execute(&mut conn).await.expect("query after restore");
+}

@@ -6,6 +6,7 @@
 //! [`db`] prepares Postgres; [`auth`] verifies the access tokens identity issues.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod events;

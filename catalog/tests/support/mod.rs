@@ -1,0 +1,198 @@
+//! Starts a catalog in-process for one test: its own database, its own Redis key prefix, ports
+//! picked by the OS, and a generated gRPC client connected to it.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use integration::{RunningService, TestDatabase, TestNames};
+use platform::config::Env;
+use proto::catalog::v1 as pb;
+use proto::catalog::v1::catalog_client::CatalogClient;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// A running catalog and what a test needs to poke at it.
+pub struct TestCatalog {
+    pub client: CatalogClient<Channel>,
+    pub grpc_addr: SocketAddr,
+    pub service: RunningService,
+    /// The catalog's own database, for arranging rows and checking them behind the API.
+    pub pool: PgPool,
+    pub names: TestNames,
+    pub db: TestDatabase,
+}
+
+/// Settings a test may change; everything else is the test default.
+pub struct Settings {
+    pub redis_url: String,
+    pub identity_url: String,
+    pub sweep_interval_secs: f64,
+    pub seed: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            redis_url: integration::redis_url(),
+            // Nothing listens here: tests without an identity service never get as far as a token check.
+            identity_url: "http://127.0.0.1:9".to_owned(),
+            sweep_interval_secs: 60.0,
+            seed: false,
+        }
+    }
+}
+
+pub async fn spawn() -> TestCatalog {
+    spawn_with(Settings::default()).await
+}
+
+pub async fn spawn_with(settings: Settings) -> TestCatalog {
+    integration::init();
+    let names = TestNames::new();
+    let db = TestDatabase::create(&names.database("catalog")).await.expect("create the test database");
+    let vars: HashMap<&'static str, String> = HashMap::from([
+        ("DATABASE_URL", db.url.clone()),
+        // Flash-sale tests queue many requests on the pool of a busy 2-core machine.
+        ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
+        ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("REDIS_URL", settings.redis_url),
+        ("REDIS_KEY_PREFIX", names.redis_prefix()),
+        ("IDENTITY_URL", settings.identity_url),
+        ("HOLD_SWEEP_INTERVAL_SECS", settings.sweep_interval_secs.to_string()),
+        ("SEED_CATALOG", settings.seed.to_string()),
+        ("GRPC_REQUEST_TIMEOUT_SECS", "30".to_owned()),
+    ]);
+    let config = catalog::Config::from_env(&Env::new(&vars)).expect("test configuration is valid");
+    let app = catalog::App::build(config).await.expect("catalog builds");
+    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = RunningService::spawn("catalog", http_addr, shutdown.clone(), app.run(shutdown));
+    service.wait_healthy(Duration::from_secs(20)).await.expect("catalog becomes healthy");
+    let client =
+        CatalogClient::connect(format!("http://{grpc_addr}")).await.expect("connect the gRPC client");
+    let pool = PgPool::connect(&db.url).await.expect("connect to the test database");
+    TestCatalog { client, grpc_addr, service, pool, names, db }
+}
+
+/// A concert row to put straight into the database (the admin RPC is tested on its own).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub title: String,
+    pub artist: String,
+    pub venue: String,
+    pub city: String,
+    pub starts_at: DateTime<Utc>,
+    pub price_cents: i64,
+    pub currency: String,
+    pub capacity: i32,
+}
+
+/// A plausible concert `days` from now.
+pub fn row(days: i64) -> Row {
+    Row {
+        title: "Evening Show".into(),
+        artist: "The Testers".into(),
+        venue: "Main Hall".into(),
+        city: "Utrecht".into(),
+        starts_at: Utc::now() + chrono::Duration::days(days),
+        price_cents: 4_500,
+        currency: "EUR".into(),
+        capacity: 500,
+    }
+}
+
+impl TestCatalog {
+    pub async fn insert(&self, row: Row) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO concerts (id, title, artist, venue, city, starts_at, price_cents, currency, capacity, available)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(id)
+        .bind(&row.title)
+        .bind(&row.artist)
+        .bind(&row.venue)
+        .bind(&row.city)
+        .bind(row.starts_at)
+        .bind(row.price_cents)
+        .bind(&row.currency)
+        .bind(row.capacity)
+        .execute(&self.pool)
+        .await
+        .expect("insert a concert");
+        id
+    }
+
+    /// `available` as stored, bypassing every cache.
+    pub async fn available_in_db(&self, id: Uuid) -> i32 {
+        sqlx::query_scalar("SELECT available FROM concerts WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("read available")
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<pb::Concert, tonic::Status> {
+        self.client
+            .clone()
+            .get_concert(pb::GetConcertRequest { id: id.to_string() })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn reserve(
+        &self,
+        order_id: Uuid,
+        concert_id: Uuid,
+        quantity: i32,
+    ) -> Result<pb::SeatHold, tonic::Status> {
+        self.reserve_for(order_id, concert_id, quantity, 0).await
+    }
+
+    pub async fn reserve_for(
+        &self,
+        order_id: Uuid,
+        concert_id: Uuid,
+        quantity: i32,
+        hold_seconds: i32,
+    ) -> Result<pb::SeatHold, tonic::Status> {
+        let request = pb::ReserveSeatsRequest {
+            order_id: order_id.to_string(),
+            concert_id: concert_id.to_string(),
+            quantity,
+            hold_seconds,
+        };
+        self.client.clone().reserve_seats(request).await.map(|r| r.into_inner())
+    }
+
+    /// `/health` status code and JSON body.
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let response =
+            reqwest::get(format!("{}/health", self.service.http_url())).await.expect("GET /health");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("health JSON"))
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

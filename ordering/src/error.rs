@@ -1,0 +1,166 @@
+//! The one error type of ordering's HTTP boundary, and its mapping to problem+json.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use platform::problem::Problem;
+
+use crate::domain::{IdempotencyKey, InvalidTransition};
+use crate::payments::PaymentError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// The same Idempotency-Key was used before with a different request body.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    /// Another request with the same Idempotency-Key is still being processed.
+    #[error("a request with this idempotency key is in progress")]
+    RequestInProgress,
+    /// Unknown, or another buyer's: the two are not told apart.
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("concert not found")]
+    ConcertNotFound,
+    #[error("not enough seats left")]
+    SoldOut,
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// The seat hold expired (or was released) before the order could be confirmed.
+    #[error("the seat hold has lapsed")]
+    HoldLapsed,
+    #[error("the payment was declined")]
+    PaymentDeclined,
+    #[error("the payment token is not valid")]
+    InvalidPaymentToken,
+    /// A dependency (catalog, the payment provider, the database pool) cannot answer now.
+    #[error("{0} is unavailable")]
+    Unavailable(&'static str),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            // The pool is exhausted or Postgres is unreachable: a retry later can succeed.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => Self::Unavailable("the database"),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<PaymentError> for Error {
+    fn from(error: PaymentError) -> Self {
+        match error {
+            PaymentError::Declined => Self::PaymentDeclined,
+            PaymentError::InvalidToken => Self::InvalidPaymentToken,
+            PaymentError::Unavailable(reason) => {
+                tracing::warn!(error = %reason, "payment provider unavailable");
+                Self::Unavailable("the payment provider")
+            }
+        }
+    }
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { field, message: message.into() }
+    }
+
+    /// Answers that are the outcome of the request itself, so an idempotent replay must repeat them.
+    /// The others (unavailable, internal, in progress) say nothing happened: a retry may do better.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::ConcertNotFound | Self::SoldOut | Self::HoldLapsed)
+    }
+
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Invalid { field, message } => Problem::invalid_field(field, message.clone()),
+            Self::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("this {} was already used with a different request body", IdempotencyKey::HEADER),
+            )
+            .with_type("idempotency-key-reused"),
+            Self::RequestInProgress => {
+                let mut problem = Problem::conflict(format!(
+                    "a request with this {} is still in progress; retry shortly",
+                    IdempotencyKey::HEADER
+                ))
+                .with_type("request-in-progress");
+                problem.retry_after = Some(1);
+                problem
+            }
+            Self::OrderNotFound => Problem::not_found("no such order"),
+            Self::ConcertNotFound => Problem::not_found("no such concert").with_type("concert-not-found"),
+            Self::SoldOut => {
+                Problem::conflict("not enough seats left for this concert").with_type("sold-out")
+            }
+            Self::InvalidTransition(transition) => {
+                Problem::conflict(transition.to_string()).with_type("invalid-transition")
+            }
+            Self::HoldLapsed => {
+                Problem::conflict("the seat hold for this order has lapsed").with_type("hold-lapsed")
+            }
+            Self::PaymentDeclined => Problem::new(StatusCode::PAYMENT_REQUIRED, "the payment was declined")
+                .with_type("payment-declined"),
+            Self::InvalidPaymentToken => {
+                Problem::invalid_field("paymentToken", "is not a valid payment token")
+            }
+            Self::Unavailable(what) => {
+                Problem::unavailable(format!("{what} is unavailable, try again shortly"))
+            }
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(error: Error) -> Self {
+        error.problem()
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderStatus;
+
+    #[test]
+    fn each_error_has_its_status() {
+        let cases = [
+            (Error::invalid("quantity", "must be between 1 and 10"), 400),
+            (Error::IdempotencyKeyReused, 422),
+            (Error::RequestInProgress, 409),
+            (Error::OrderNotFound, 404),
+            (Error::ConcertNotFound, 404),
+            (Error::SoldOut, 409),
+            (InvalidTransition { from: OrderStatus::Confirmed, to: OrderStatus::Confirmed }.into(), 409),
+            (Error::HoldLapsed, 409),
+            (Error::PaymentDeclined, 402),
+            (Error::InvalidPaymentToken, 400),
+            (Error::Unavailable("catalog"), 503),
+            (Error::Internal(anyhow::anyhow!("secret detail")), 500),
+        ];
+        for (error, status) in cases {
+            let problem = error.problem();
+            assert_eq!(problem.status, status, "{error}");
+            assert!(!problem.detail.unwrap_or_default().contains("secret"));
+        }
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let problem = Error::InvalidPaymentToken.problem();
+        assert!(problem.errors.contains_key("paymentToken"));
+    }
+}

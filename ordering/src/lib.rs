@@ -1,0 +1,131 @@
+//! Ordering: the REST service that owns orders.
+//!
+//! A buyer places an order (`Idempotency-Key` required): seats are held in catalog over gRPC, priced
+//! by catalog, and the order is stored `Pending` with its `order.created` event in one transaction.
+//! Confirming charges the buyer through a [`payments::PaymentProvider`] and confirms the seats;
+//! cancelling releases them; a [`sweeper`] cancels orders whose hold lapsed. Every state change writes
+//! an event to the [`outbox`], which the [`relay`] publishes to RabbitMQ with publisher confirms.
+
+pub mod catalog;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod orders;
+pub mod outbox;
+pub mod payments;
+pub mod relay;
+pub mod sweeper;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use platform::auth::{JwtVerifier, KeySource};
+use platform::health::HealthChecks;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::Config;
+use crate::payments::{PaymentProvider, TestPaymentProvider};
+
+/// Ordering's schema: `migrations/ordering/*.sql`, applied at start-up.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations/ordering");
+
+pub struct App {
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    router: Router,
+    db: PgPool,
+    relay: relay::Relay,
+    sweeper: sweeper::Sweeper,
+}
+
+impl App {
+    /// Binds the listener, prepares the database and sets up catalog, relay and sweeper, taking
+    /// payments through the built-in test provider.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        Self::build_with_payments(config, Arc::new(TestPaymentProvider)).await
+    }
+
+    /// As [`App::build`], with another payment provider.
+    pub async fn build_with_payments(
+        config: Config,
+        payments: Arc<dyn PaymentProvider>,
+    ) -> anyhow::Result<App> {
+        let db = platform::db::prepare(&config.database, &MIGRATOR).await?;
+        let catalog = Arc::new(catalog::Catalog::connect_lazy(&config.catalog)?);
+        let verifier = JwtVerifier::new(KeySource::identity(&config.identity_url)?, config.audience.clone());
+        let relay = relay::Relay::new(db.clone(), config.relay.clone());
+        let sweeper = sweeper::Sweeper {
+            db: db.clone(),
+            catalog: catalog.clone(),
+            interval: config.sweep_interval,
+            idempotency_retention: config.idempotency.retention,
+            outbox_retention: config.relay.retention,
+        };
+        let orders = Arc::new(orders::Orders::new(
+            db.clone(),
+            catalog.clone(),
+            payments,
+            config.hold,
+            config.idempotency.clone(),
+        ));
+
+        let relay_status = relay.status();
+        let health_db = db.clone();
+        let checks =
+            HealthChecks::new(Duration::from_secs(2))
+                .required("postgres", move || {
+                    let db = health_db.clone();
+                    async move { platform::db::ping(&db).await }
+                })
+                // Events wait in the outbox while the broker is away, so orders keep working: degraded.
+                .optional("rabbitmq", move || {
+                    let connected = relay_status.is_connected();
+                    async move {
+                        if connected { Ok(()) } else { Err("the outbox relay is not connected".to_owned()) }
+                    }
+                })
+                .optional("catalog", move || {
+                    let catalog = catalog.clone();
+                    async move { catalog.check_health().await }
+                });
+        let routes =
+            http::router(http::AppState { orders, verifier }).merge(platform::health::router(checks));
+        let router = platform::http::with_common_layers(routes, config.http);
+
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let http_addr = listener.local_addr()?;
+        tracing::info!(%http_addr, "ordering listening");
+        Ok(App { listener, http_addr, router, db, relay, sweeper })
+    }
+
+    /// The port serving the API and `/health`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown`, lets in-flight requests finish, then stops the relay (after a last
+    /// publish of what those requests wrote) and the sweeper, and closes the pool.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let workers = CancellationToken::new();
+        let relay = tokio::spawn(self.relay.run(workers.clone()));
+        let sweeper = tokio::spawn(self.sweeper.run(workers.clone()));
+        let served = platform::http::serve(self.listener, self.router, shutdown).await;
+        workers.cancel();
+        if let Err(error) = relay.await {
+            tracing::error!(%error, "outbox relay task failed");
+        }
+        if let Err(error) = sweeper.await {
+            tracing::error!(%error, "sweeper task failed");
+        }
+        self.db.close().await;
+        tracing::info!("ordering stopped");
+        Ok(served?)
+    }
+}

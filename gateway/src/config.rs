@@ -1,0 +1,222 @@
+//! The gateway's settings, read once at start-up from the environment.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use platform::auth::TokenAudience;
+use platform::config::{ConfigError, Env};
+
+/// Everything the gateway needs to run; see [`Config::from_env`] for the variables and defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR` (0.0.0.0:8080): GraphQL, playground, assets, health and metrics.
+    pub listen_addr: SocketAddr,
+    pub downstream: DownstreamConfig,
+    pub events: EventsConfig,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE`.
+    pub audience: TokenAudience,
+    pub graphql: GraphqlLimits,
+    pub rate_limits: RateLimits,
+    /// `HTTP_MAX_BODY_BYTES` (128 KiB): the largest request body (or WebSocket message) accepted.
+    pub max_body_bytes: usize,
+    /// `HTTP_REQUEST_TIMEOUT_SECONDS` (30): a whole HTTP request, downstream calls included.
+    pub request_timeout: Duration,
+    /// `PLAYGROUND_ENABLED` (true): serve GraphiQL on `GET /graphql`.
+    pub playground_enabled: bool,
+}
+
+/// Where the services behind the gateway are and how long to wait for them.
+#[derive(Debug, Clone)]
+pub struct DownstreamConfig {
+    /// `IDENTITY_URL` (http://127.0.0.1:8081).
+    pub identity_url: String,
+    /// `ORDERING_URL` (http://127.0.0.1:8082).
+    pub ordering_url: String,
+    /// `CATALOG_GRPC_URL` (http://127.0.0.1:50051).
+    pub catalog_url: String,
+    /// `DOWNSTREAM_TIMEOUT_SECONDS` (5): the deadline of one downstream call.
+    pub call_timeout: Duration,
+    /// `DOWNSTREAM_CONNECT_TIMEOUT_SECONDS` (1): opening a connection to a service.
+    pub connect_timeout: Duration,
+    /// `BREAKER_FAILURE_THRESHOLD` (5): consecutive failures that open a service's circuit.
+    pub breaker_failures: u32,
+    /// `BREAKER_COOL_DOWN_SECONDS` (5): how long an open circuit answers UNAVAILABLE at once.
+    pub breaker_cool_down: Duration,
+}
+
+/// The order events that feed subscriptions.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `AMQP_URL` (amqp://guest:guest@127.0.0.1:5672/%2f).
+    pub amqp_url: String,
+    /// `EVENTS_EXCHANGE` (ticketflow.events).
+    pub exchange: String,
+    /// `SUBSCRIPTION_BUFFER` (1024): events a slow subscriber may fall behind before it misses some.
+    pub buffer: usize,
+}
+
+/// Bounds on what one GraphQL request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphqlLimits {
+    /// `GRAPHQL_MAX_DEPTH` (10).
+    pub max_depth: usize,
+    /// `GRAPHQL_MAX_COMPLEXITY` (500). List fields cost their page size times their children, so
+    /// aliases and wide selections add up here.
+    pub max_complexity: usize,
+    /// `GRAPHQL_MAX_QUERY_BYTES` (16384): the query text of one operation.
+    pub max_query_bytes: usize,
+    /// `GRAPHQL_MAX_BATCH` (10): operations in one batched POST; 0 turns batching off.
+    pub max_batch: usize,
+    /// `INTROSPECTION_ENABLED` (true).
+    pub introspection: bool,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 10,
+            max_complexity: 500,
+            max_query_bytes: 16 * 1024,
+            max_batch: 10,
+            introspection: true,
+        }
+    }
+}
+
+/// Per-client-IP request budgets.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// `RATE_LIMIT_PER_SECOND` (50) and `RATE_LIMIT_BURST` (100): every GraphQL request.
+    pub requests_per_second: NonZeroU32,
+    pub request_burst: NonZeroU32,
+    /// `AUTH_RATE_LIMIT_PER_MINUTE` (10) and `AUTH_RATE_LIMIT_BURST` (5): `login` and `register`,
+    /// which are what password guessing and sign-up spam go through.
+    pub auth_per_minute: NonZeroU32,
+    pub auth_burst: NonZeroU32,
+}
+
+impl Config {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let http = ["http", "https"];
+        let downstream = DownstreamConfig {
+            identity_url: trimmed(env.url("IDENTITY_URL", "http://127.0.0.1:8081", &http)?),
+            ordering_url: trimmed(env.url("ORDERING_URL", "http://127.0.0.1:8082", &http)?),
+            catalog_url: trimmed(env.url("CATALOG_GRPC_URL", "http://127.0.0.1:50051", &http)?),
+            call_timeout: positive(env, "DOWNSTREAM_TIMEOUT_SECONDS", Duration::from_secs(5))?,
+            connect_timeout: positive(env, "DOWNSTREAM_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(1))?,
+            breaker_failures: env.int_in("BREAKER_FAILURE_THRESHOLD", 5, 1..=1000)?,
+            breaker_cool_down: env.seconds("BREAKER_COOL_DOWN_SECONDS", Duration::from_secs(5))?,
+        };
+        let events = EventsConfig {
+            amqp_url: env.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", &["amqp", "amqps"])?,
+            exchange: env.string("EVENTS_EXCHANGE", platform::events::DEFAULT_EXCHANGE),
+            buffer: env.int_in("SUBSCRIPTION_BUFFER", 1024, 16..=1_000_000)?,
+        };
+        let graphql = GraphqlLimits {
+            max_depth: env.int_in("GRAPHQL_MAX_DEPTH", 10, 2..=100)?,
+            max_complexity: env.int_in("GRAPHQL_MAX_COMPLEXITY", 500, 10..=1_000_000)?,
+            max_query_bytes: env.int_in("GRAPHQL_MAX_QUERY_BYTES", 16 * 1024, 256..=1024 * 1024)?,
+            max_batch: env.int_in("GRAPHQL_MAX_BATCH", 10, 0..=100)?,
+            introspection: env.bool("INTROSPECTION_ENABLED", true)?,
+        };
+        let rate_limits = RateLimits {
+            requests_per_second: non_zero(env, "RATE_LIMIT_PER_SECOND", 50)?,
+            request_burst: non_zero(env, "RATE_LIMIT_BURST", 100)?,
+            auth_per_minute: non_zero(env, "AUTH_RATE_LIMIT_PER_MINUTE", 10)?,
+            auth_burst: non_zero(env, "AUTH_RATE_LIMIT_BURST", 5)?,
+        };
+        let max_body_bytes = env.int_in("HTTP_MAX_BODY_BYTES", 128 * 1024, 1024..=16 * 1024 * 1024)?;
+        if max_body_bytes < graphql.max_query_bytes {
+            return Err(ConfigError::new(
+                "HTTP_MAX_BODY_BYTES",
+                "at least GRAPHQL_MAX_QUERY_BYTES",
+                max_body_bytes.to_string(),
+            ));
+        }
+        Ok(Self {
+            listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8080")?,
+            downstream,
+            events,
+            audience: TokenAudience::from_env(env),
+            graphql,
+            rate_limits,
+            max_body_bytes,
+            request_timeout: positive(env, "HTTP_REQUEST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
+            playground_enabled: env.bool("PLAYGROUND_ENABLED", true)?,
+        })
+    }
+}
+
+fn trimmed(url: String) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+fn positive(env: &Env<'_>, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = env.seconds(name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(name, "a positive number of seconds", "0"));
+    }
+    Ok(value)
+}
+
+fn non_zero(env: &Env<'_>, name: &str, default: u32) -> Result<NonZeroU32, ConfigError> {
+    let value = env.int_in(name, default, 1..=1_000_000)?;
+    NonZeroU32::new(value).ok_or_else(|| ConfigError::new(name, "a positive integer", value.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &str)]) -> Result<Config, ConfigError> {
+        let source: HashMap<&'static str, String> =
+            pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Config::from_env(&Env::new(&source))
+    }
+
+    #[test]
+    fn defaults_match_the_local_stack() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.downstream.identity_url, "http://127.0.0.1:8081");
+        assert_eq!(config.downstream.ordering_url, "http://127.0.0.1:8082");
+        assert_eq!(config.downstream.catalog_url, "http://127.0.0.1:50051");
+        assert_eq!(config.events.exchange, "ticketflow.events");
+        assert_eq!(config.graphql.max_depth, 10);
+        assert_eq!(config.graphql.max_complexity, 500);
+        assert!(config.graphql.introspection && config.playground_enabled);
+    }
+
+    #[test]
+    fn limits_and_switches_are_configurable() {
+        let config = config(&[
+            ("GRAPHQL_MAX_DEPTH", "5"),
+            ("GRAPHQL_MAX_BATCH", "0"),
+            ("INTROSPECTION_ENABLED", "false"),
+            ("PLAYGROUND_ENABLED", "off"),
+            ("ORDERING_URL", "http://ordering:8082/"),
+        ])
+        .unwrap();
+        assert_eq!(config.graphql.max_depth, 5);
+        assert_eq!(config.graphql.max_batch, 0);
+        assert!(!config.graphql.introspection && !config.playground_enabled);
+        assert_eq!(config.downstream.ordering_url, "http://ordering:8082", "trailing slash dropped");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert_eq!(config(&[("CATALOG_GRPC_URL", "catalog:50051")]).unwrap_err().name, "CATALOG_GRPC_URL");
+        assert_eq!(
+            config(&[("DOWNSTREAM_TIMEOUT_SECONDS", "0")]).unwrap_err().name,
+            "DOWNSTREAM_TIMEOUT_SECONDS"
+        );
+        assert_eq!(config(&[("RATE_LIMIT_PER_SECOND", "0")]).unwrap_err().name, "RATE_LIMIT_PER_SECOND");
+        let err =
+            config(&[("HTTP_MAX_BODY_BYTES", "2048"), ("GRAPHQL_MAX_QUERY_BYTES", "4096")]).unwrap_err();
+        assert_eq!(err.name, "HTTP_MAX_BODY_BYTES");
+    }
+}

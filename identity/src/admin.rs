@@ -1,0 +1,42 @@
+//! Operator tasks run from the command line (`identity grant-role`, `identity rotate-signing-key`)
+//! against the service's database, and by tests that need an admin.
+
+use std::time::Duration;
+
+use platform::db::DatabaseConfig;
+use sqlx::PgPool;
+
+use crate::accounts::{self, Granted};
+use crate::domain::{Email, Role};
+
+/// Gives the account registered with `email` the role `role` (`admin` or `customer`). Idempotent.
+/// The change reaches the user's access token at their next login or refresh.
+pub async fn grant_role(database_url: &str, email: &str, role: &str) -> anyhow::Result<()> {
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("email {e}"))?;
+    let role = Role::parse(role).map_err(anyhow::Error::msg)?;
+    let pool = connect(database_url).await?;
+    let granted = accounts::grant_role(&pool, &email, role).await;
+    pool.close().await;
+    match granted? {
+        Granted::Granted => tracing::info!(role = role.as_str(), "role granted"),
+        Granted::AlreadyHeld => tracing::info!(role = role.as_str(), "the account already had this role"),
+    }
+    Ok(())
+}
+
+/// Creates a new signing key that starts signing after `activate_after` (published in the JWKS at
+/// once, so verifiers know it before its first token), and returns its key id. The previous key stays
+/// published until the tokens it signed have expired.
+pub async fn rotate_signing_key(database_url: &str, activate_after: Duration) -> anyhow::Result<String> {
+    let pool = connect(database_url).await?;
+    let rotated = crate::keys::rotate(&pool, activate_after).await;
+    pool.close().await;
+    rotated
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    let mut config = DatabaseConfig::for_url(database_url);
+    config.max_connections = 2;
+    // Migrating makes the command work against a database the service has not started on yet.
+    platform::db::connect_and_migrate(&config, &crate::MIGRATOR).await
+}

@@ -1,0 +1,134 @@
+//! Identity's typed configuration, read once from the environment at start-up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use platform::auth::TokenAudience;
+use platform::config::{ConfigError, Env};
+use platform::db::DatabaseConfig;
+use platform::http::HttpLimits;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR`, default `0.0.0.0:8081`.
+    pub listen_addr: SocketAddr,
+    /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/ticketflow_identity`.
+    pub database: DatabaseConfig,
+    /// `JWT_ISSUER` / `JWT_AUDIENCE`, shared with every verifying service.
+    pub audience: TokenAudience,
+    /// `ACCESS_TOKEN_TTL_SECS`, default 900 (15 minutes).
+    pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL_DAYS`, default 14.
+    pub refresh_token_ttl: Duration,
+    /// `SIGNING_KEYS_RELOAD_SECS`, default 30: how often a replica re-reads the signing keys, so a
+    /// rotation made by the CLI (or another replica) reaches it.
+    pub signing_keys_reload: Duration,
+    pub throttle: ThrottleConfig,
+    /// `MAX_CONCURRENT_PASSWORD_HASHES`, default: the number of CPUs. Each argon2 run holds 19 MiB
+    /// and a core for ~20 ms; more in parallel only queues on the CPU and grows memory.
+    pub max_concurrent_hashes: usize,
+    /// `TRUSTED_PROXY_ADDRS`: comma-separated peer addresses (e.g. the gateway's) whose
+    /// `X-Forwarded-For` names the real client for per-address login throttling. Empty by default:
+    /// nobody is trusted and the TCP peer is the client.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub http: HttpLimits,
+}
+
+/// Login throttling: failures counted per account and per client address in a sliding-start window.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT`, default 5.
+    pub max_failures_per_account: i32,
+    /// `LOGIN_MAX_FAILURES_PER_ADDRESS`, default 30 (an office behind one NAT shares an address).
+    pub max_failures_per_address: i32,
+    /// `LOGIN_FAILURE_WINDOW_SECS`, default 900: failures older than this are forgotten.
+    pub window: Duration,
+    /// `LOGIN_LOCKOUT_SECS`, default 300: how long logins are refused once the limit is reached.
+    pub lockout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let default_hashes = std::thread::available_parallelism().map_or(2, usize::from);
+        Ok(Self {
+            listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8081")?,
+            database: DatabaseConfig::from_env(env, "ticketflow_identity")?,
+            audience: TokenAudience::from_env(env),
+            access_token_ttl: Duration::from_secs(env.int_in("ACCESS_TOKEN_TTL_SECS", 900, 1..=86_400)?),
+            refresh_token_ttl: Duration::from_secs(
+                env.int_in("REFRESH_TOKEN_TTL_DAYS", 14u64, 1..=365)? * 86_400,
+            ),
+            signing_keys_reload: positive_seconds(env, "SIGNING_KEYS_RELOAD_SECS", Duration::from_secs(30))?,
+            throttle: ThrottleConfig {
+                max_failures_per_account: env.int_in("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, 1..=1000)?,
+                max_failures_per_address: env.int_in("LOGIN_MAX_FAILURES_PER_ADDRESS", 30, 1..=100_000)?,
+                window: positive_seconds(env, "LOGIN_FAILURE_WINDOW_SECS", Duration::from_secs(900))?,
+                lockout: positive_seconds(env, "LOGIN_LOCKOUT_SECS", Duration::from_secs(300))?,
+            },
+            max_concurrent_hashes: env.int_in("MAX_CONCURRENT_PASSWORD_HASHES", default_hashes, 1..=256)?,
+            trusted_proxies: trusted_proxies(env)?,
+            http: HttpLimits::default(),
+        })
+    }
+}
+
+fn positive_seconds(env: &Env<'_>, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = env.seconds(name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(name, "a positive number of seconds", "0"));
+    }
+    Ok(value)
+}
+
+fn trusted_proxies(env: &Env<'_>) -> Result<Vec<IpAddr>, ConfigError> {
+    let raw = env.string("TRUSTED_PROXY_ADDRS", "");
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ConfigError::new("TRUSTED_PROXY_ADDRS", "comma-separated IP addresses", &raw))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let source: HashMap<&'static str, String> = HashMap::new();
+        let config = Config::from_env(&Env::new(&source)).unwrap();
+        assert_eq!(config.listen_addr.port(), 8081);
+        assert!(config.database.url.ends_with("/ticketflow_identity"));
+        assert_eq!(config.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(config.refresh_token_ttl, Duration::from_secs(14 * 86_400));
+        assert!(config.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let source: HashMap<&'static str, String> = [
+            ("ACCESS_TOKEN_TTL_SECS", "0".to_owned()),
+            ("TRUSTED_PROXY_ADDRS", "10.0.0.1, gateway".to_owned()),
+        ]
+        .into();
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "ACCESS_TOKEN_TTL_SECS");
+        let source: HashMap<&'static str, String> =
+            [("TRUSTED_PROXY_ADDRS", "10.0.0.1, gateway".to_owned())].into();
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "TRUSTED_PROXY_ADDRS");
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed() {
+        let source: HashMap<&'static str, String> =
+            [("TRUSTED_PROXY_ADDRS", "127.0.0.1, ::1".to_owned())].into();
+        let config = Config::from_env(&Env::new(&source)).unwrap();
+        assert_eq!(config.trusted_proxies.len(), 2);
+    }
+}

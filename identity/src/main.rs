@@ -1,0 +1,70 @@
+//! `identity`: serves the identity API, or runs an operator command against its database.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use platform::config::{Env, ProcessEnv, or_exit};
+use platform::telemetry::{self, TelemetryConfig};
+
+/// TicketFlow identity service. Configuration comes from the environment (DATABASE_URL, LISTEN_ADDR, ...).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Give a registered account a role, e.g. `identity grant-role alice@example.com admin`.
+    GrantRole { email: String, role: String },
+    /// Create a new token-signing key; the current one keeps verifying until its tokens expire.
+    RotateSigningKey {
+        /// Seconds before the new key starts signing. It is published at once, so verifiers caching
+        /// the JWKS learn it before its first token; keep this above SIGNING_KEYS_RELOAD_SECS.
+        #[arg(long, default_value_t = 120)]
+        activate_after_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::install_crypto_provider();
+    let cli = Cli::parse();
+    let env = Env::new(&ProcessEnv);
+    let config = or_exit(identity::Config::from_env(&env));
+    let _telemetry = telemetry::init(&or_exit(TelemetryConfig::from_env(&env, "identity")))?;
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = identity::App::build(config).await?;
+            app.run(platform::shutdown::cancel_on_signal()).await
+        }
+        Command::GrantRole { email, role } => {
+            operator_command(identity::admin::grant_role(&config.database.url, &email, &role)).await;
+            println!("{email} now has the role {role}; it takes effect at their next login or token refresh");
+            Ok(())
+        }
+        Command::RotateSigningKey { activate_after_secs } => {
+            let activate_after = Duration::from_secs(activate_after_secs);
+            let kid =
+                operator_command(identity::admin::rotate_signing_key(&config.database.url, activate_after))
+                    .await;
+            println!("new signing key {kid} is published now and starts signing in {activate_after_secs} s");
+            Ok(())
+        }
+    }
+}
+
+/// An operator's mistake (unknown email, database unreachable) is one line on stderr, not a backtrace.
+async fn operator_command<T>(command: impl Future<Output = anyhow::Result<T>>) -> T {
+    match command.await {
+        Ok(value) => value,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}

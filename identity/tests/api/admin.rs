@@ -1,0 +1,41 @@
+//! Operator commands: making an admin.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Tokens, spawn_app, unique_email};
+
+#[tokio::test]
+async fn granting_admin_shows_in_the_roles_after_the_next_login() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    let before = app.registered_session(&email).await;
+
+    identity::admin::grant_role(&app.db.url, &email.to_uppercase(), "admin").await.unwrap();
+    // Granting twice is harmless.
+    identity::admin::grant_role(&app.db.url, &email, "admin").await.unwrap();
+
+    let old: Value = app.me(&before.access).await.json().await.unwrap();
+    assert_eq!(old["roles"], json!(["customer"]), "an issued token keeps its roles");
+    let after = app.session(&email).await;
+    let me: Value = app.me(&after.access).await.json().await.unwrap();
+    assert_eq!(me["roles"], json!(["admin", "customer"]));
+    // A refresh of a session opened before the grant picks the role up too.
+    let refreshed = app.refresh(&before.refresh).await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    let refreshed = Tokens::from(refreshed).await;
+    let me: Value = app.me(&refreshed.access).await.json().await.unwrap();
+    assert_eq!(me["roles"], json!(["admin", "customer"]));
+}
+
+#[tokio::test]
+async fn granting_to_an_unknown_account_or_an_unknown_role_fails() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    app.registered_session(&email).await;
+
+    let error = identity::admin::grant_role(&app.db.url, &unique_email(), "admin").await.unwrap_err();
+    assert!(error.to_string().contains("no account"), "{error}");
+    let error = identity::admin::grant_role(&app.db.url, &email, "root").await.unwrap_err();
+    assert!(error.to_string().contains("unknown role"), "{error}");
+}

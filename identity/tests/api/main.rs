@@ -1,0 +1,12 @@
+//! identity's API tests: the service in-process, a real Postgres database per test.
+
+#![allow(clippy::unwrap_used)]
+
+mod admin;
+mod helpers;
+mod keys;
+mod latency;
+mod registration;
+mod sessions;
+mod throttling;
+mod verification;

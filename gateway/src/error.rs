@@ -176,22 +176,28 @@ impl GatewayError {
     /// A problem+json answer from identity or ordering. `what` names the resource for 404s.
     pub fn from_problem(service: Service, what: &'static str, problem: &Problem) -> Self {
         let detail = problem.detail.clone().unwrap_or_else(|| problem.title.clone());
-        let first_field = problem.errors.iter().next();
-        match problem.status {
-            400 | 422 => match first_field {
-                Some((field, message)) => Self::invalid(field, message.clone()),
+        let kind = problem.kind.rsplit('/').next().unwrap_or_default();
+        let first_field =
+            problem.errors.iter().next().map(|(field, message)| (graphql_field(field), message));
+        match (problem.status, kind) {
+            (422, "idempotency-key-reused") => Self::invalid("idempotencyKey", detail),
+            (400 | 422, _) => match first_field {
+                Some((field, message)) => Self::invalid(&field, message.clone()),
                 None => Self::BadUserInput { field: None, message: detail },
             },
-            401 => Self::Unauthenticated(detail),
-            402 => Self::PaymentDeclined(detail),
-            403 => Self::Forbidden(detail),
-            404 => Self::NotFound(what),
-            409 if problem.kind.ends_with("/sold-out") => Self::SoldOut,
-            // Email taken, an order in a state that does not allow the change: the client asked
-            // for something that cannot be done, and may fix it.
-            409 => Self::BadUserInput { field: first_field.map(|(f, _)| f.clone()), message: detail },
-            429 => Self::RateLimited { retry_after_secs: problem.retry_after.unwrap_or(1) },
-            502..=504 => Self::Unavailable(service),
+            (401, _) => Self::Unauthenticated(detail),
+            (402, _) => Self::PaymentDeclined(detail),
+            (403, _) => Self::Forbidden(detail),
+            (404, "concert-not-found") => Self::NotFound("concert"),
+            (404, _) => Self::NotFound(what),
+            (409, "sold-out") => Self::SoldOut,
+            // The same idempotency key is being processed right now: a moment later it will not be.
+            (409, "request-in-progress") => Self::Unavailable(service),
+            // Email taken, an order in a state that does not allow the change, a lapsed hold: the
+            // client asked for something that cannot be done as asked.
+            (409, _) => Self::BadUserInput { field: first_field.map(|(field, _)| field), message: detail },
+            (429, _) => Self::RateLimited { retry_after_secs: problem.retry_after.unwrap_or(1) },
+            (502..=504, _) => Self::Unavailable(service),
             _ => Self::internal(anyhow::anyhow!("{service} answered {problem}")),
         }
     }
@@ -231,6 +237,16 @@ pub fn current_trace_id() -> String {
 
 fn is_field_name(text: &str) -> bool {
     !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// The GraphQL spelling of a field a downstream service named: `price_cents` → `priceCents`,
+/// `Idempotency-Key` (a header) → `idempotencyKey`.
+fn graphql_field(field: &str) -> String {
+    if field.eq_ignore_ascii_case("idempotency-key") {
+        "idempotencyKey".to_owned()
+    } else {
+        camel_case(field)
+    }
 }
 
 /// `price_cents` → `priceCents`: gRPC speaks in proto field names, clients in GraphQL ones.
@@ -336,6 +352,23 @@ mod tests {
         assert_eq!(extensions["code"], "BAD_USER_INPUT");
         assert_eq!(extensions["field"], "quantity");
         assert_eq!(message, "must be 1 to 10");
+    }
+
+    #[test]
+    fn ordering_problems_name_graphql_fields() {
+        let header = Problem::invalid_field("Idempotency-Key", "this header is required");
+        let (_, missing) = extensions(GatewayError::from_problem(Service::Ordering, "order", &header));
+        assert_eq!(missing["field"], "idempotencyKey");
+        let reused =
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "used before").with_type("idempotency-key-reused");
+        let (_, reused) = extensions(GatewayError::from_problem(Service::Ordering, "order", &reused));
+        assert_eq!(
+            (reused["code"].as_str(), reused["field"].as_str()),
+            (Some("BAD_USER_INPUT"), Some("idempotencyKey"))
+        );
+        let concert = Problem::not_found("no such concert").with_type("concert-not-found");
+        let error = GatewayError::from_problem(Service::Ordering, "order", &concert);
+        assert_eq!(error.to_string(), "concert not found");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, parse_query_string};
 use async_graphql::parser::types::OperationType;
@@ -35,6 +37,9 @@ use crate::error::GatewayError;
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{GatewaySchema, Services};
+
+/// How long a new WebSocket may take to send `connection_init`.
+const CONNECTION_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct HttpState {
@@ -171,12 +176,25 @@ async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
     let max = state.max_body_bytes;
     upgrade.max_message_size(max).max_frame_size(max).protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(
         move |socket| async move {
-            let init_state = state.clone();
+            let (init_state, initialised) = (state.clone(), Arc::new(AtomicBool::new(false)));
+            let flag = initialised.clone();
             let connection = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| connection_data(init_state, payload, client))
+                .on_connection_init(move |payload| {
+                    flag.store(true, Ordering::Relaxed);
+                    connection_data(init_state, payload, client)
+                })
                 .serve();
+            // graphql-transport-ws: a socket that never initialises is dropped, so idle sockets
+            // cannot pile up.
+            let init_timeout = async {
+                tokio::time::sleep(CONNECTION_INIT_TIMEOUT).await;
+                if initialised.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = connection => {}
+                () = init_timeout => tracing::debug!("WebSocket closed: no connection_init in time"),
                 () = state.shutdown.cancelled() => {}
             }
         },
@@ -184,7 +202,8 @@ async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
 }
 
 /// What every operation on one WebSocket runs with. A token that does not verify closes the
-/// socket (4403), so the client knows to sign in again; no token at all allows public operations.
+/// socket (with the reason), so the client knows to sign in again; no token at all allows public
+/// operations only.
 async fn connection_data(
     state: Arc<HttpState>,
     payload: serde_json::Value,

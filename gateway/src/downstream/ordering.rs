@@ -28,6 +28,7 @@ pub struct OrderDto {
     pub buyer_id: Option<Uuid>,
     pub concert_id: Uuid,
     pub quantity: u32,
+    pub unit_price_cents: i64,
     pub status: OrderStatus,
     pub total_cents: i64,
     pub currency: String,

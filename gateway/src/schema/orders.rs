@@ -40,7 +40,9 @@ pub struct Order {
     pub status: OrderStatus,
     /// Number of seats.
     pub quantity: i32,
-    /// What the seats cost together (price per seat times quantity, set by the catalog's price).
+    /// The price of one seat when the order was placed (the catalog's price, never the client's).
+    pub unit_price: Money,
+    /// What the seats cost together.
     pub total: Money,
     /// The concert's id.
     pub concert_id: ID,
@@ -70,6 +72,7 @@ impl From<OrderDto> for Order {
             id: ID(order.id.to_string()),
             status: order.status.into(),
             quantity: i32::try_from(order.quantity).unwrap_or(i32::MAX),
+            unit_price: Money { cents: order.unit_price_cents, currency: order.currency.clone() },
             total: Money { cents: order.total_cents, currency: order.currency },
             concert_id: ID(order.concert_id.to_string()),
             created_at: order.created_at,

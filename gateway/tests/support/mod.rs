@@ -1,0 +1,342 @@
+//! Runs the gateway for one test, alone or in front of the whole stack (identity, catalog, ordering
+//! in-process, each with its own database, catalog with its own Redis prefix, all on the test's
+//! exchange), and talks GraphQL to it over HTTP and WebSocket like a client app would.
+#![allow(dead_code)] // each test file uses a different part of this module
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use integration::{RunningService, TcpProxy, TestDatabase, TestNames};
+use platform::config::Env;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A gateway running in this test.
+pub struct Gateway {
+    pub service: RunningService,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts a gateway with `vars` over the test defaults (downstream URLs included).
+    pub async fn start(vars: HashMap<&'static str, String>) -> Gateway {
+        integration::init();
+        let mut all: HashMap<&'static str, String> = HashMap::from([
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("AMQP_URL", integration::amqp_url()),
+            // Generous: tests on a busy 2-core machine fire requests quickly from one address.
+            ("RATE_LIMIT_PER_SECOND", "1000".to_owned()),
+            ("RATE_LIMIT_BURST", "1000".to_owned()),
+            ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
+            ("AUTH_RATE_LIMIT_BURST", "100".to_owned()),
+        ]);
+        all.extend(vars);
+        let config = gateway::Config::from_env(&Env::new(&all)).expect("test configuration is valid");
+        let app = gateway::App::build(config).await.expect("gateway builds");
+        let shutdown = CancellationToken::new();
+        let service = RunningService::spawn("gateway", app.http_addr(), shutdown.clone(), app.run(shutdown));
+        let gateway = Gateway { service, http: reqwest::Client::new() };
+        gateway.wait_alive().await;
+        gateway
+    }
+
+    /// A gateway whose downstream services are all unreachable (nothing listens on port 9).
+    pub async fn alone(vars: &[(&'static str, &str)]) -> Gateway {
+        let mut all: HashMap<&'static str, String> = HashMap::from([
+            ("IDENTITY_URL", "http://127.0.0.1:9".to_owned()),
+            ("ORDERING_URL", "http://127.0.0.1:9".to_owned()),
+            ("CATALOG_GRPC_URL", "http://127.0.0.1:9".to_owned()),
+            ("EVENTS_EXCHANGE", TestNames::new().exchange()),
+        ]);
+        all.extend(vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Self::start(all).await
+    }
+
+    async fn wait_alive(&self) {
+        for _ in 0..100 {
+            if let Ok(response) = self.http.get(format!("{}/alive", self.url())).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway did not come alive");
+    }
+
+    pub fn url(&self) -> String {
+        self.service.http_url()
+    }
+
+    pub fn graphql_url(&self) -> String {
+        format!("{}/graphql", self.url())
+    }
+
+    /// POSTs one operation and returns the whole response body.
+    pub async fn graphql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request =
+            self.http.post(self.graphql_url()).json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status}: not JSON: {body}"))
+    }
+
+    /// POSTs an operation that must succeed and returns its `data`.
+    pub async fn data(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let response = self.graphql(token, query, variables).await;
+        assert!(response.get("errors").is_none(), "unexpected errors: {response}");
+        response["data"].clone()
+    }
+
+    /// Signs up through the gateway and signs in; returns the access token.
+    pub async fn sign_up(&self, email: &str) -> String {
+        let registered = self
+            .data(
+                None,
+                "mutation($input: RegisterInput!) { register(input: $input) { userId } }",
+                json!({ "input": { "email": email, "password": PASSWORD, "displayName": "Test Fan" } }),
+            )
+            .await;
+        assert!(registered["register"]["userId"].as_str().is_some());
+        self.sign_in(email).await
+    }
+
+    pub async fn sign_in(&self, email: &str) -> String {
+        let login = self
+            .data(
+                None,
+                "mutation($input: LoginInput!) { login(input: $input) { accessToken tokenType } }",
+                json!({ "input": { "email": email, "password": PASSWORD } }),
+            )
+            .await;
+        login["login"]["accessToken"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens a `graphql-transport-ws` connection authenticated with `token`.
+    pub async fn websocket(&self, token: &str) -> Socket {
+        Socket::connect(
+            &self.graphql_url().replacen("http://", "ws://", 1),
+            json!({ "Authorization": format!("Bearer {token}") }),
+        )
+        .await
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(response: &Value) -> Option<String> {
+    response["errors"][0]["extensions"]["code"].as_str().map(str::to_owned)
+}
+
+pub fn unique_email(who: &str) -> String {
+    format!("{who}-{}@example.com", Uuid::new_v4().simple())
+}
+
+/// identity, catalog and ordering in front of which a test starts its gateway.
+pub struct Stack {
+    pub names: TestNames,
+    pub identity: RunningService,
+    pub identity_db: TestDatabase,
+    pub catalog: RunningService,
+    pub catalog_grpc: SocketAddr,
+    pub catalog_db: TestDatabase,
+    /// Between the gateway and catalog, so a test can take catalog away from the gateway alone.
+    pub catalog_proxy: TcpProxy,
+    pub ordering: RunningService,
+    pub ordering_db: TestDatabase,
+    pub gateway: Gateway,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(&[]).await
+    }
+
+    /// The whole stack, with `gateway_vars` over the gateway's test defaults.
+    pub async fn start_with(gateway_vars: &[(&'static str, &str)]) -> Stack {
+        integration::init();
+        let names = TestNames::new();
+
+        let identity_db = TestDatabase::create(&names.database("identity")).await.unwrap();
+        let identity_vars = vars(&[
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATABASE_URL", identity_db.url.clone()),
+            ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+        ]);
+        let app = identity::App::build(identity::Config::from_env(&Env::new(&identity_vars)).unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let identity =
+            RunningService::spawn("identity", app.http_addr(), shutdown.clone(), app.run(shutdown));
+        let identity_url = identity.http_url();
+
+        let catalog_db = TestDatabase::create(&names.database("catalog")).await.unwrap();
+        let catalog_vars = vars(&[
+            ("DATABASE_URL", catalog_db.url.clone()),
+            ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("REDIS_URL", integration::redis_url()),
+            ("REDIS_KEY_PREFIX", names.redis_prefix()),
+            ("IDENTITY_URL", identity_url.clone()),
+            // Short, so availability after a cancellation shows within a test's patience.
+            ("CACHE_TTL_SECS", "1".to_owned()),
+        ]);
+        let app =
+            catalog::App::build(catalog::Config::from_env(&Env::new(&catalog_vars)).unwrap()).await.unwrap();
+        let catalog_grpc = app.grpc_addr();
+        let shutdown = CancellationToken::new();
+        let catalog = RunningService::spawn("catalog", app.http_addr(), shutdown.clone(), app.run(shutdown));
+        let catalog_proxy = TcpProxy::start(catalog_grpc).await.unwrap();
+
+        let ordering_db = TestDatabase::create(&names.database("ordering")).await.unwrap();
+        let ordering_vars = vars(&[
+            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATABASE_URL", ordering_db.url.clone()),
+            ("CATALOG_GRPC_URL", format!("http://{catalog_grpc}")),
+            ("IDENTITY_URL", identity_url.clone()),
+            ("AMQP_URL", integration::amqp_url()),
+            ("EVENTS_EXCHANGE", names.exchange()),
+            ("OUTBOX_POLL_INTERVAL_MS", "50".to_owned()),
+        ]);
+        let app = ordering::App::build(ordering::Config::from_env(&Env::new(&ordering_vars)).unwrap())
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let ordering =
+            RunningService::spawn("ordering", app.http_addr(), shutdown.clone(), app.run(shutdown));
+
+        for service in [&identity, &catalog, &ordering] {
+            service.wait_healthy(Duration::from_secs(30)).await.unwrap();
+        }
+
+        let mut vars: HashMap<&'static str, String> = HashMap::from([
+            ("IDENTITY_URL", identity_url),
+            ("ORDERING_URL", ordering.http_url()),
+            ("CATALOG_GRPC_URL", format!("http://{}", catalog_proxy.addr)),
+            ("EVENTS_EXCHANGE", names.exchange()),
+        ]);
+        vars.extend(gateway_vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let gateway = Gateway::start(vars).await;
+        gateway.service.wait_healthy(Duration::from_secs(30)).await.unwrap();
+
+        Stack {
+            names,
+            identity,
+            identity_db,
+            catalog,
+            catalog_grpc,
+            catalog_db,
+            catalog_proxy,
+            ordering,
+            ordering_db,
+            gateway,
+        }
+    }
+
+    /// A signed-in admin (registered through the gateway, promoted with identity's operator tool).
+    pub async fn admin_token(&self) -> String {
+        let email = unique_email("admin");
+        self.gateway.sign_up(&email).await;
+        identity::admin::grant_role(&self.identity_db.url, &email, "admin").await.unwrap();
+        self.gateway.sign_in(&email).await
+    }
+
+    /// Adds a concert through the gateway's admin mutation; returns its id.
+    pub async fn create_concert(&self, admin: &str, input: Value) -> String {
+        let data = self
+            .gateway
+            .data(
+                Some(admin),
+                "mutation($input: CreateConcertInput!) { createConcert(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        data["createConcert"]["id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn vars(pairs: &[(&'static str, String)]) -> HashMap<&'static str, String> {
+    pairs.iter().cloned().collect()
+}
+
+/// One `graphql-transport-ws` connection.
+pub struct Socket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u32,
+}
+
+impl Socket {
+    /// Connects and completes `connection_init` with `payload`; panics if the server refuses.
+    pub async fn connect(url: &str, payload: Value) -> Socket {
+        let mut socket = Self::open(url).await;
+        socket.send(json!({ "type": "connection_init", "payload": payload })).await;
+        let ack = socket.receive(Duration::from_secs(10)).await.expect("an answer to connection_init");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        socket
+    }
+
+    /// Connects without initialising.
+    pub async fn open(url: &str) -> Socket {
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.headers()["sec-websocket-protocol"], "graphql-transport-ws");
+        Socket { ws, next_id: 1 }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.ws.send(Message::Text(message.to_string().into())).await.unwrap();
+    }
+
+    /// The next protocol message (answering pings on the way), or `None` if the socket closed.
+    pub async fn receive(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("a message in time");
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if value["type"] == "ping" {
+                        self.send(json!({ "type": "pong" })).await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Starts an operation; returns its id.
+    pub async fn subscribe(&mut self, query: &str, variables: Value) -> String {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        self.send(
+            json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } }),
+        )
+        .await;
+        id
+    }
+
+    /// The payload of the next `next` message.
+    pub async fn next_payload(&mut self, within: Duration) -> Value {
+        let message = self.receive(within).await.expect("the socket stays open");
+        assert_eq!(message["type"], "next", "{message}");
+        message["payload"].clone()
+    }
+}

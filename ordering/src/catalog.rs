@@ -262,6 +262,7 @@ fn seat_hold(hold: &pb::SeatHold) -> Result<SeatHold, CatalogError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

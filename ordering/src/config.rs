@@ -146,6 +146,7 @@ fn exchange_name(env: &Env<'_>) -> Result<String, ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
 

@@ -264,6 +264,7 @@ impl PageSize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use OrderStatus::{Cancelled, Confirmed, Pending};

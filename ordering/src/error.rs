@@ -131,6 +131,7 @@ impl IntoResponse for Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::domain::OrderStatus;

@@ -63,6 +63,7 @@ impl PaymentProvider for TestPaymentProvider {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

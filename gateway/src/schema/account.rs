@@ -103,7 +103,7 @@ impl AccountMutations {
     async fn register(
         &self,
         ctx: &Context<'_>,
-        input: RegisterInput,
+        #[graphql(desc = "The new account's details.")] input: RegisterInput,
     ) -> Result<RegisterPayload, GatewayError> {
         let services = Services::of(ctx);
         let client = auth::client_ip(ctx);
@@ -118,7 +118,11 @@ impl AccountMutations {
     }
 
     /// Signs in and starts a session. Rate limited per client.
-    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload, GatewayError> {
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The account's credentials.")] input: LoginInput,
+    ) -> Result<AuthPayload, GatewayError> {
         let services = Services::of(ctx);
         let client = auth::client_ip(ctx);
         services.limiter.check_auth(client)?;
@@ -130,7 +134,7 @@ impl AccountMutations {
     async fn refresh_token(
         &self,
         ctx: &Context<'_>,
-        #[graphql(secret)] refresh_token: String,
+        #[graphql(secret, desc = "The refresh token of the current pair.")] refresh_token: String,
     ) -> Result<AuthPayload, GatewayError> {
         Ok(Services::of(ctx).identity.refresh(&refresh_token).await?.into())
     }
@@ -140,7 +144,7 @@ impl AccountMutations {
     async fn logout(
         &self,
         ctx: &Context<'_>,
-        #[graphql(secret)] refresh_token: String,
+        #[graphql(secret, desc = "The refresh token of the session to end.")] refresh_token: String,
     ) -> Result<bool, GatewayError> {
         Services::of(ctx).identity.logout(&refresh_token).await?;
         Ok(true)

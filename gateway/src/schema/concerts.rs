@@ -127,7 +127,7 @@ pub struct ConcertQueries;
 
 #[Object]
 impl ConcertQueries {
-    /// Upcoming concerts in start-time order, filtered and paged (Relay connection).
+    /// Concerts in start-time order (then by id), filtered and paged (Relay connection).
     #[graphql(complexity = "1 + (first.clamp(0, 100) as usize) * child_complexity")]
     async fn concerts(
         &self,
@@ -157,7 +157,11 @@ impl ConcertQueries {
     }
 
     /// One concert by id; `NOT_FOUND` if there is none.
-    async fn concert(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Concert>, GatewayError> {
+    async fn concert(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The concert's id.")] id: ID,
+    ) -> Result<Option<Concert>, GatewayError> {
         let id = parse_id(&id, "id")?;
         let concert = Services::of(ctx).catalog.get_concert(id.to_string()).await?;
         Ok(Some(concert.into()))
@@ -174,7 +178,7 @@ impl ConcertMutations {
     async fn create_concert(
         &self,
         ctx: &Context<'_>,
-        input: CreateConcertInput,
+        #[graphql(desc = "The new concert.")] input: CreateConcertInput,
     ) -> Result<Concert, GatewayError> {
         let viewer = auth::admin(ctx)?;
         let request = pb::CreateConcertRequest {
@@ -194,8 +198,8 @@ impl ConcertMutations {
     async fn update_concert(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        input: UpdateConcertInput,
+        #[graphql(desc = "The concert to change.")] id: ID,
+        #[graphql(desc = "The fields to change.")] input: UpdateConcertInput,
     ) -> Result<Concert, GatewayError> {
         let viewer = auth::admin(ctx)?;
         let id = parse_id(&id, "id")?;

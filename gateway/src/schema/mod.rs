@@ -8,13 +8,14 @@ pub mod paging;
 
 use std::sync::Arc;
 
+use async_graphql::connection::Connection;
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
 };
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::{
     Context, ErrorExtensionValues, ID, MergedObject, MergedSubscription, Request, Response, Schema,
-    ServerError, ServerResult,
+    SchemaBuilder, ServerError, ServerResult,
 };
 use futures::StreamExt;
 use uuid::Uuid;
@@ -61,7 +62,7 @@ pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 /// The schema with its limits: depth and complexity are checked while validating, before any
 /// resolver (and so any downstream call) runs.
 pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> GatewaySchema {
-    let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+    let builder = builder()
         .data(services)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
@@ -75,7 +76,18 @@ pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> GatewaySchema {
 
 /// The schema's SDL, for clients and reviews.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish().sdl()
+    builder().finish().sdl()
+}
+
+/// The types, with descriptions for the generic connection types (which have none of their own).
+fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .override_output_type_description::<Connection<String, concerts::Concert>>(
+            "A page of concerts: `edges` with a cursor each, and `pageInfo` to fetch the next page.",
+        )
+        .override_output_type_description::<Connection<String, orders::Order>>(
+            "A page of orders: `edges` with a cursor each, and `pageInfo` to fetch the next page.",
+        )
 }
 
 /// Parses an `ID` argument as a UUID; `BAD_USER_INPUT` naming `field` otherwise.
@@ -156,4 +168,101 @@ fn code_only(code: ErrorCode) -> ErrorExtensionValues {
     let mut extensions = ErrorExtensionValues::default();
     extensions.set("code", code.as_str());
     extensions
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Doc comments become the published schema's descriptions; none may be missing.
+    #[tokio::test]
+    async fn every_type_field_argument_and_value_is_documented() {
+        let schema = builder().finish();
+        let introspection = "{ __schema { types { name description
+            fields { name description args { name description } }
+            inputFields { name description } enumValues { name description } } } }";
+        let response = schema.execute(introspection).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let data = response.data.into_json().unwrap();
+        let builtin = ["String", "Int", "Float", "Boolean", "ID"];
+        let mut missing = Vec::new();
+        let undocumented =
+            |value: &serde_json::Value| value["description"].as_str().is_none_or(str::is_empty);
+        for ty in data["__schema"]["types"].as_array().unwrap() {
+            let name = ty["name"].as_str().unwrap();
+            if name.starts_with("__") || builtin.contains(&name) {
+                continue;
+            }
+            if undocumented(ty) {
+                missing.push(name.to_owned());
+            }
+            for field in ty["fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(ty["inputFields"].as_array().into_iter().flatten())
+            {
+                if undocumented(field) {
+                    missing.push(format!("{name}.{}", field["name"]));
+                }
+                for arg in field["args"].as_array().into_iter().flatten() {
+                    if undocumented(arg) {
+                        missing.push(format!("{name}.{}({})", field["name"], arg["name"]));
+                    }
+                }
+            }
+            for value in ty["enumValues"].as_array().into_iter().flatten() {
+                if undocumented(value) {
+                    missing.push(format!("{name}.{}", value["name"]));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+
+    #[test]
+    fn the_schema_has_the_contract_operations() {
+        let sdl = sdl();
+        for operation in [
+            "concerts(",
+            "concert(",
+            "me:",
+            "myOrders(",
+            "order(",
+            "register(",
+            "login(",
+            "refreshToken(",
+            "logout(",
+            "placeOrder(",
+            "confirmOrder(",
+            "cancelOrder(",
+            "createConcert(",
+            "updateConcert(",
+            "orderUpdated(",
+            "myOrderUpdates:",
+        ] {
+            assert!(sdl.contains(operation), "{operation} missing from:\n{sdl}");
+        }
+    }
+}
+
+/// `gateway/schema.graphql` is the published schema; this keeps it current (run with
+/// `UPDATE_SCHEMA=1` to rewrite it after changing the schema, and review the diff).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod snapshot {
+    #[test]
+    fn the_committed_schema_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
+        let current = super::sdl();
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(path, &current).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == current,
+            "schema.graphql is out of date: run UPDATE_SCHEMA=1 cargo test -p gateway --lib"
+        );
+    }
 }

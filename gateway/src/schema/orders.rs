@@ -106,6 +106,7 @@ pub enum OrderEventKind {
 /// A change to one of the subscriber's orders, pushed as it happens.
 pub struct OrderUpdate(Arc<OrderEvent>);
 
+/// A change to one of the subscriber's orders, pushed as it happens.
 #[Object]
 impl OrderUpdate {
     /// What happened.
@@ -189,7 +190,11 @@ impl OrderQueries {
     }
 
     /// One of the signed-in user's orders; `NOT_FOUND` for anyone else's.
-    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>, GatewayError> {
+    async fn order(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The order's id.")] id: ID,
+    ) -> Result<Option<Order>, GatewayError> {
         let viewer = auth::viewer(ctx)?;
         let id = parse_id(&id, "id")?;
         Ok(Some(Services::of(ctx).ordering.get(&viewer.token, id).await?.into()))
@@ -208,7 +213,7 @@ impl OrderMutations {
     async fn place_order(
         &self,
         ctx: &Context<'_>,
-        input: PlaceOrderInput,
+        #[graphql(desc = "What to order.")] input: PlaceOrderInput,
         #[graphql(
             desc = "A client-chosen unique key per intended order (e.g. a UUID), 1 to 200 characters."
         )]
@@ -232,8 +237,9 @@ impl OrderMutations {
     async fn confirm_order(
         &self,
         ctx: &Context<'_>,
-        id: ID,
-        #[graphql(secret)] payment_token: String,
+        #[graphql(desc = "The order to pay for.")] id: ID,
+        #[graphql(secret, desc = "A token from the payment provider for the buyer's card.")]
+        payment_token: String,
     ) -> Result<Order, GatewayError> {
         let viewer = auth::viewer(ctx)?;
         let id = parse_id(&id, "id")?;
@@ -241,7 +247,11 @@ impl OrderMutations {
     }
 
     /// Cancels an order and gives its seats back to sale.
-    async fn cancel_order(&self, ctx: &Context<'_>, id: ID) -> Result<Order, GatewayError> {
+    async fn cancel_order(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The order to cancel.")] id: ID,
+    ) -> Result<Order, GatewayError> {
         let viewer = auth::viewer(ctx)?;
         let id = parse_id(&id, "id")?;
         Ok(Services::of(ctx).ordering.cancel(&viewer.token, id).await?.into())
@@ -259,7 +269,7 @@ impl OrderSubscriptions {
     async fn order_updated(
         &self,
         ctx: &Context<'_>,
-        order_id: ID,
+        #[graphql(desc = "The order to watch.")] order_id: ID,
     ) -> Result<impl Stream<Item = async_graphql::Result<OrderUpdate>> + use<>, GatewayError> {
         let viewer = auth::viewer(ctx)?.clone();
         let order_id = parse_id(&order_id, "orderId")?;

@@ -60,4 +60,23 @@ async fn listing_orders_with_their_concerts_asks_catalog_once() {
     titles.sort();
     assert_eq!(titles, ["Show 0", "Show 1", "Show 2", "Show 3"]);
     assert_eq!(batch_calls(&stack).await - before, 1, "one batch for four orders");
+
+    // Paging through them, newest first.
+    let page = "query($after: String) { myOrders(first: 3, after: $after) {
+        edges { node { concert { title } } } pageInfo { hasNextPage endCursor } } }";
+    let titles = |data: &serde_json::Value| -> Vec<String> {
+        data["myOrders"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["concert"]["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = gateway.data(Some(&fan), page, json!({ "after": null })).await;
+    assert_eq!(titles(&first), ["Show 3", "Show 2", "Show 1"]);
+    assert_eq!(first["myOrders"]["pageInfo"]["hasNextPage"], true);
+    let rest =
+        gateway.data(Some(&fan), page, json!({ "after": first["myOrders"]["pageInfo"]["endCursor"] })).await;
+    assert_eq!(titles(&rest), ["Show 0"]);
+    assert_eq!(rest["myOrders"]["pageInfo"]["hasNextPage"], false);
 }

@@ -101,6 +101,8 @@ async fn introspection_can_be_switched_off() {
     assert!(response["data"]["__schema"].is_null(), "{response}");
     let response = closed.graphql(None, "{ __type(name: \"Concert\") { fields { name } } }", json!({})).await;
     assert!(response["data"]["__type"].is_null(), "{response}");
+    let typo = closed.graphql(None, "{ concertz { edges { cursor } } }", json!({})).await;
+    assert!(!typo.to_string().contains("Did you mean"), "no hints about the schema either: {typo}");
 }
 
 #[tokio::test]

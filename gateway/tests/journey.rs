@@ -82,7 +82,7 @@ async fn a_fan_browses_buys_pays_watches_and_cancels_through_graphql() {
     // Watch my orders live before buying.
     let mut socket = gateway.websocket(&token).await;
     socket
-        .subscribe(
+        .subscribe_and_settle(
             "subscription { myOrderUpdates { kind orderId status total { cents } concert { title } } }",
             json!({}),
         )
@@ -217,4 +217,120 @@ async fn nobody_sees_or_touches_anyone_elses_orders() {
     assert_eq!(own["order"]["status"], "PENDING");
     let theirs = gateway.data(Some(&stranger), "{ myOrders { edges { node { id } } } }", json!({})).await;
     assert_eq!(theirs["myOrders"]["edges"], json!([]));
+}
+
+#[tokio::test]
+async fn what_goes_wrong_reaches_the_app_as_contract_codes() {
+    let stack = Stack::start().await;
+    let gateway = &stack.gateway;
+    let admin = stack.admin_token().await;
+    let tiny = stack
+        .create_concert(
+            &admin,
+            json!({
+                "title": "Tiny Room", "artist": "Duo", "venue": "Attic", "city": "Haarlem",
+                "startsAt": (chrono::Utc::now() + chrono::Duration::days(20)).to_rfc3339(),
+                "priceCents": 1500, "currency": "EUR", "capacity": 2,
+            }),
+        )
+        .await;
+    let fan = gateway.sign_up(&unique_email("fan")).await;
+    let place = "mutation($c: ID!, $q: Int!, $k: String!) {
+        placeOrder(input: { concertId: $c, quantity: $q }, idempotencyKey: $k) { id } }";
+    let code_and_field = |response: &Value| {
+        (error_code(response), response["errors"][0]["extensions"]["field"].as_str().map(str::to_owned))
+    };
+
+    let sold_out = gateway.graphql(Some(&fan), place, json!({ "c": tiny, "q": 3, "k": "a" })).await;
+    assert_eq!(error_code(&sold_out).as_deref(), Some("SOLD_OUT"), "{sold_out}");
+    let zero = gateway.graphql(Some(&fan), place, json!({ "c": tiny, "q": 0, "k": "b" })).await;
+    assert_eq!(code_and_field(&zero), (Some("BAD_USER_INPUT".into()), Some("quantity".into())), "{zero}");
+    let nowhere = json!({ "c": "0190a0a0-0000-7000-8000-000000000000", "q": 1, "k": "c" });
+    let unknown = gateway.graphql(Some(&fan), place, nowhere).await;
+    assert_eq!(error_code(&unknown).as_deref(), Some("NOT_FOUND"), "{unknown}");
+    let not_an_id = gateway.graphql(Some(&fan), place, json!({ "c": "seven", "q": 1, "k": "d" })).await;
+    assert_eq!(code_and_field(&not_an_id), (Some("BAD_USER_INPUT".into()), Some("concertId".into())));
+
+    let placed = gateway.data(Some(&fan), place, json!({ "c": tiny, "q": 1, "k": "e" })).await;
+    let order_id = placed["placeOrder"]["id"].as_str().unwrap().to_owned();
+    let reused = gateway.graphql(Some(&fan), place, json!({ "c": tiny, "q": 2, "k": "e" })).await;
+    assert_eq!(
+        code_and_field(&reused),
+        (Some("BAD_USER_INPUT".into()), Some("idempotencyKey".into())),
+        "{reused}"
+    );
+
+    let confirm = "mutation($id: ID!, $t: String!) { confirmOrder(id: $id, paymentToken: $t) { status } }";
+    let declined = gateway.graphql(Some(&fan), confirm, json!({ "id": order_id, "t": "tok_declined" })).await;
+    assert_eq!(error_code(&declined).as_deref(), Some("PAYMENT_DECLINED"), "{declined}");
+    let cancel = "mutation($id: ID!) { cancelOrder(id: $id) { status } }";
+    gateway.data(Some(&fan), cancel, json!({ "id": order_id })).await;
+    let twice = gateway.graphql(Some(&fan), cancel, json!({ "id": order_id })).await;
+    assert_eq!(error_code(&twice).as_deref(), Some("BAD_USER_INPUT"), "not a valid transition: {twice}");
+
+    let not_admin = gateway
+        .graphql(
+            Some(&fan),
+            "mutation($id: ID!) { updateConcert(id: $id, input: { title: \"Mine now\" }) { id } }",
+            json!({ "id": tiny }),
+        )
+        .await;
+    assert_eq!(error_code(&not_admin).as_deref(), Some("FORBIDDEN"), "{not_admin}");
+    let renamed = gateway
+        .data(
+            Some(&admin),
+            "mutation($id: ID!) { updateConcert(id: $id, input: { title: \"Tiny Room (moved)\" }) { title } }",
+            json!({ "id": tiny }),
+        )
+        .await;
+    assert_eq!(renamed["updateConcert"]["title"], "Tiny Room (moved)");
+    let invalid = gateway
+        .graphql(
+            Some(&admin),
+            "mutation($id: ID!) { updateConcert(id: $id, input: { title: \"\" }) { title } }",
+            json!({ "id": tiny }),
+        )
+        .await;
+    assert_eq!(code_and_field(&invalid), (Some("BAD_USER_INPUT".into()), Some("title".into())), "{invalid}");
+}
+
+#[tokio::test]
+async fn sessions_renew_and_end_through_graphql() {
+    let stack = Stack::start().await;
+    let gateway = &stack.gateway;
+    let email = unique_email("renewer");
+    gateway.sign_up(&email).await;
+    let login = gateway
+        .data(
+            None,
+            "mutation($e: String!, $p: String!) { login(input: { email: $e, password: $p }) { refreshToken expiresIn } }",
+            json!({ "e": email, "p": support::PASSWORD }),
+        )
+        .await;
+    assert!(login["login"]["expiresIn"].as_i64().unwrap() > 0);
+    let first = login["login"]["refreshToken"].as_str().unwrap().to_owned();
+
+    let refresh = "mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken refreshToken } }";
+    let renewed = gateway.data(None, refresh, json!({ "t": first })).await;
+    let access = renewed["refreshToken"]["accessToken"].as_str().unwrap().to_owned();
+    let second = renewed["refreshToken"]["refreshToken"].as_str().unwrap().to_owned();
+    assert_ne!(first, second, "rotated");
+    let me = gateway.data(Some(&access), "{ me { email } }", json!({})).await;
+    assert_eq!(me["me"]["email"], email.as_str());
+
+    let wrong = gateway
+        .graphql(
+            None,
+            "mutation($e: String!) { login(input: { email: $e, password: \"not the password\" }) { accessToken } }",
+            json!({ "e": email }),
+        )
+        .await;
+    assert_eq!(error_code(&wrong).as_deref(), Some("UNAUTHENTICATED"), "{wrong}");
+
+    let out = gateway
+        .data(None, "mutation($t: String!) { logout(refreshToken: $t) }", json!({ "t": second }))
+        .await;
+    assert_eq!(out["logout"], true);
+    let after_logout = gateway.graphql(None, refresh, json!({ "t": second })).await;
+    assert_eq!(error_code(&after_logout).as_deref(), Some("UNAUTHENTICATED"), "{after_logout}");
 }

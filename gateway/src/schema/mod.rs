@@ -70,7 +70,9 @@ pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> GatewaySchema {
         .limit_recursive_depth(32)
         .limit_directives(20)
         .extension(Hardening { max_query_bytes: limits.max_query_bytes });
-    let builder = if limits.introspection { builder } else { builder.disable_introspection() };
+    // "Did you mean ...?" hints would describe the schema that introspection is hiding.
+    let builder =
+        if limits.introspection { builder } else { builder.disable_introspection().disable_suggestions() };
     builder.finish()
 }
 

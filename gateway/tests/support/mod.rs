@@ -333,6 +333,14 @@ impl Socket {
         id
     }
 
+    /// Starts a subscription and gives the server a moment to attach it to the event stream, so
+    /// that what the test does next is seen (graphql-transport-ws does not acknowledge a start).
+    pub async fn subscribe_and_settle(&mut self, query: &str, variables: Value) -> String {
+        let id = self.subscribe(query, variables).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        id
+    }
+
     /// The payload of the next `next` message.
     pub async fn next_payload(&mut self, within: Duration) -> Value {
         let message = self.receive(within).await.expect("the socket stays open");

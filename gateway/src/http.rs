@@ -36,14 +36,14 @@ use crate::config::GraphqlLimits;
 use crate::error::GatewayError;
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
-use crate::schema::{GatewaySchema, Services};
+use crate::schema::{Schemas, Services};
 
 /// How long a new WebSocket may take to send `connection_init`.
 const CONNECTION_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 pub struct HttpState {
-    pub schema: GatewaySchema,
+    pub schemas: Schemas,
     pub services: Arc<Services>,
     pub verifier: JwtVerifier,
     pub limits: GraphqlLimits,
@@ -157,7 +157,11 @@ async fn execute(
         request.data.insert(client);
         request.data.insert(ConcertLoader::new(state.services.catalog.clone()));
     }
-    GraphQLResponse(state.schema.execute_batch(batch).await).into_response()
+    let schema = match &mut batch {
+        BatchRequest::Single(request) => state.schemas.for_request(request),
+        BatchRequest::Batch(_) => &state.schemas.main,
+    };
+    GraphQLResponse(schema.execute_batch(batch).await).into_response()
 }
 
 async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
@@ -178,7 +182,7 @@ async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
         move |socket| async move {
             let (init_state, initialised) = (state.clone(), Arc::new(AtomicBool::new(false)));
             let flag = initialised.clone();
-            let connection = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+            let connection = GraphQLWebSocket::new(socket, state.schemas.main.clone(), protocol)
                 .on_connection_init(move |payload| {
                     flag.store(true, Ordering::Relaxed);
                     connection_data(init_state, payload, client)

@@ -64,10 +64,10 @@ impl App {
             events: OrderEvents::new(config.events.buffer),
             limiter: RateLimiter::new(&config.rate_limits),
         });
-        let schema = schema::build(services.clone(), &config.graphql);
+        let schemas = schema::build(services.clone(), &config.graphql);
         let sockets_shutdown = CancellationToken::new();
         let state = Arc::new(HttpState {
-            schema,
+            schemas,
             services: services.clone(),
             verifier,
             limits: config.graphql,

@@ -33,9 +33,9 @@ async fn counting_catalog() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn depth_and_complexity_bombs_are_rejected_before_any_downstream_call() {
     let (catalog_url, connections) = counting_catalog().await;
-    let gateway = Gateway::alone(&[("CATALOG_GRPC_URL", &catalog_url)]).await;
+    let gateway = Gateway::alone(&[("CATALOG_GRPC_URL", &catalog_url), ("GRAPHQL_MAX_DEPTH", "4")]).await;
 
-    let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } }";
+    let deep = "{ concerts { edges { node { price { cents } } } } }";
     let response = gateway.graphql(None, deep, json!({})).await;
     assert_eq!(error_code(&response).as_deref(), Some("BAD_USER_INPUT"), "{response}");
     assert!(response["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{response}");
@@ -51,9 +51,18 @@ async fn depth_and_complexity_bombs_are_rejected_before_any_downstream_call() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(connections.load(Ordering::SeqCst), 0, "catalog was never contacted");
 
-    // The same field within the limits does reach catalog (which here hangs up: UNAVAILABLE).
-    let response =
-        gateway.graphql(None, "{ concerts(first: 5) { edges { node { title } } } }", json!({})).await;
+    // Introspection has room for the standard query, not for a bomb.
+    let nested = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ name {} {} }} }} }} }} }}",
+        "ofType { name ".repeat(20),
+        "}".repeat(20)
+    );
+    let response = gateway.graphql(None, &nested, json!({})).await;
+    assert_eq!(error_code(&response).as_deref(), Some("BAD_USER_INPUT"), "{response}");
+    assert!(response["errors"][0]["message"].as_str().unwrap().contains("nested too deep"), "{response}");
+
+    // A field within the limits does reach catalog (which here hangs up: UNAVAILABLE).
+    let response = gateway.graphql(None, "{ concerts(first: 5) { edges { cursor } } }", json!({})).await;
     assert_eq!(error_code(&response).as_deref(), Some("UNAVAILABLE"), "{response}");
     assert!(connections.load(Ordering::SeqCst) > 0);
 }
@@ -95,6 +104,14 @@ async fn introspection_can_be_switched_off() {
     let open = Gateway::alone(&[]).await;
     let response = open.graphql(None, "{ __schema { queryType { name } } }", json!({})).await;
     assert_eq!(response["data"]["__schema"]["queryType"]["name"], "QueryRoot");
+    // Deeper than operations may go (10): type references nest that deep in GraphiQL's own query.
+    let type_refs = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ name {} {} }} }} }} }} }}",
+        "ofType { name ".repeat(8),
+        "}".repeat(8)
+    );
+    let response = open.graphql(None, &type_refs, json!({})).await;
+    assert!(response.get("errors").is_none(), "{response}");
 
     let closed = Gateway::alone(&[("INTROSPECTION_ENABLED", "false")]).await;
     let response = closed.graphql(None, "{ __schema { queryType { name } } }", json!({})).await;
@@ -263,4 +280,14 @@ async fn health_names_the_services_that_are_down() {
     }
     let metrics = gateway.http.get(format!("{}/metrics", gateway.url())).send().await.unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shuts_down_promptly_with_websockets_open() {
+    let gateway = Gateway::alone(&[]).await;
+    let mut socket = Socket::connect(&gateway.graphql_url().replacen("http://", "ws://", 1), json!({})).await;
+    let started = std::time::Instant::now();
+    gateway.service.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(socket.receive(Duration::from_secs(5)).await.is_none(), "the socket was closed");
 }

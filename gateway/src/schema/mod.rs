@@ -59,9 +59,60 @@ pub struct SubscriptionRoot(orders::OrderSubscriptions);
 
 pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// The schema with its limits: depth and complexity are checked while validating, before any
+/// Type references in the standard introspection query (GraphiQL's, graphql-js's) nest 15 deep, past
+/// any depth limit a real operation needs; introspection only reads the schema in memory.
+const INTROSPECTION_MAX_DEPTH: usize = 20;
+const INTROSPECTION_MAX_COMPLEXITY: usize = 2000;
+
+/// The schemas requests run on.
+pub struct Schemas {
+    /// Every operation, under the configured limits.
+    pub main: GatewaySchema,
+    /// Introspection only, with room for the standard introspection query; `None` when
+    /// introspection is off.
+    pub introspection: Option<GatewaySchema>,
+}
+
+impl Schemas {
+    /// Where `request` runs: introspection-only documents on the introspection schema.
+    pub fn for_request(&self, request: &mut Request) -> &GatewaySchema {
+        match &self.introspection {
+            Some(introspection) if is_introspection(request) => introspection,
+            _ => &self.main,
+        }
+    }
+}
+
+/// The schemas with their limits: depth and complexity are checked while validating, before any
 /// resolver (and so any downstream call) runs.
-pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> GatewaySchema {
+pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> Schemas {
+    let hardening = Hardening { max_query_bytes: limits.max_query_bytes };
+    let introspection = limits.introspection.then(|| {
+        builder()
+            .introspection_only()
+            .limit_depth(INTROSPECTION_MAX_DEPTH)
+            .limit_complexity(INTROSPECTION_MAX_COMPLEXITY)
+            .limit_recursive_depth(32)
+            .extension(hardening)
+            .finish()
+    });
+    Schemas { main: main_schema(services, limits, hardening), introspection }
+}
+
+/// Whether every operation of the document selects only introspection fields at its top level.
+/// Fragments at the top level could select anything, so they count as not introspection.
+pub fn is_introspection(request: &mut Request) -> bool {
+    use async_graphql::parser::types::Selection;
+    let Ok(document) = request.parsed_query() else { return false };
+    document.operations.iter().all(|(_, operation)| {
+        operation.node.selection_set.node.items.iter().all(|selection| match &selection.node {
+            Selection::Field(field) => field.node.name.node.starts_with("__"),
+            Selection::FragmentSpread(_) | Selection::InlineFragment(_) => false,
+        })
+    })
+}
+
+fn main_schema(services: Arc<Services>, limits: &GraphqlLimits, hardening: Hardening) -> GatewaySchema {
     let builder = builder()
         .data(services)
         .limit_depth(limits.max_depth)
@@ -69,7 +120,7 @@ pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> GatewaySchema {
         // Fragment cycles are invalid anyway; this bounds how deep the validator itself recurses.
         .limit_recursive_depth(32)
         .limit_directives(20)
-        .extension(Hardening { max_query_bytes: limits.max_query_bytes });
+        .extension(hardening);
     // "Did you mean ...?" hints would describe the schema that introspection is hiding.
     let builder =
         if limits.introspection { builder } else { builder.disable_introspection().disable_suggestions() };
@@ -98,6 +149,7 @@ pub fn parse_id(id: &ID, field: &str) -> Result<Uuid, GatewayError> {
 }
 
 /// Bounds the query text and labels every error, over HTTP and WebSocket alike.
+#[derive(Clone, Copy)]
 struct Hardening {
     max_query_bytes: usize,
 }
@@ -221,6 +273,55 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+
+    /// graphql-js's `getIntrospectionQuery()`, which GraphiQL sends to load the docs.
+    const STANDARD_INTROSPECTION: &str = "query IntrospectionQuery { __schema { queryType { name } mutationType { name }
+        subscriptionType { name } types { ...FullType } directives { name description locations args { ...InputValue } } } }
+      fragment FullType on __Type { kind name description fields(includeDeprecated: true) { name description
+        args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason } inputFields { ...InputValue }
+        interfaces { ...TypeRef } enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+        possibleTypes { ...TypeRef } }
+      fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+      fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+        ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } } }";
+
+    #[tokio::test]
+    async fn the_standard_introspection_query_runs_within_the_introspection_limits() {
+        let limits = GraphqlLimits::default();
+        let main = builder().limit_depth(limits.max_depth).limit_complexity(limits.max_complexity).finish();
+        assert!(!main.execute(STANDARD_INTROSPECTION).await.errors.is_empty(), "too deep for operations");
+        let introspection = builder()
+            .introspection_only()
+            .limit_depth(INTROSPECTION_MAX_DEPTH)
+            .limit_complexity(INTROSPECTION_MAX_COMPLEXITY)
+            .finish();
+        let response = introspection.execute(STANDARD_INTROSPECTION).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let bomb = format!(
+            "{{ __schema {{ types {{ fields {{ type {{ name {} {} }} }} }} }} }}",
+            "ofType { name ".repeat(20),
+            "}".repeat(20)
+        );
+        let errors = introspection.execute(bomb.as_str()).await.errors;
+        assert!(
+            errors.first().is_some_and(|e| e.message.contains("nested too deep")),
+            "still bounded: {errors:?}"
+        );
+    }
+
+    #[test]
+    fn only_documents_of_introspection_fields_count_as_introspection() {
+        assert!(is_introspection(&mut Request::new(STANDARD_INTROSPECTION)));
+        assert!(is_introspection(&mut Request::new("{ __typename __type(name: \"Order\") { name } }")));
+        assert!(!is_introspection(&mut Request::new("{ __typename concerts { edges { cursor } } }")));
+        assert!(!is_introspection(&mut Request::new(
+            "query { ...F } fragment F on QueryRoot { __typename }"
+        )));
+        assert!(!is_introspection(&mut Request::new(
+            "query A { __typename } mutation B { logout(refreshToken: \"x\") }"
+        )));
+        assert!(!is_introspection(&mut Request::new("{ not valid")));
     }
 
     #[test]

@@ -183,8 +183,13 @@ impl Cache {
         }
         let mut connection = self.inner.connection.clone();
         if self.call("invalidate", pipe.query_async::<()>(&mut connection)).await.is_none() {
-            // The entries live at most one TTL; nothing better can be done without Redis.
-            tracing::warn!(concerts = ?concert_ids, "could not invalidate the cache; entries expire within the TTL");
+            // The entries live at most one TTL; nothing better can be done without Redis. While the
+            // breaker is open this happens on every write, and the breaker has already said so.
+            if self.inner.breaker.is_open() {
+                tracing::debug!(concerts = ?concert_ids, "cache not invalidated: redis is unavailable");
+            } else {
+                tracing::warn!(concerts = ?concert_ids, "could not invalidate the cache; entries expire within the TTL");
+            }
         }
     }
 

@@ -72,7 +72,8 @@ impl ListQuery {
 
     /// A stable string naming exactly this request, for cache keys.
     pub fn cache_key(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        // Serializing this struct cannot fail; the fallback still keeps distinct requests distinct.
+        serde_json::to_string(self).unwrap_or_else(|_| format!("{self:?}"))
     }
 }
 

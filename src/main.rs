@@ -11,7 +11,10 @@ use std::time::Duration;
 use platform::config::{Env, ProcessEnv, or_exit};
 use platform::telemetry::{self, TelemetryConfig};
 
+use anyhow::Context;
+
 use crate::infra::Infrastructure;
+use crate::service_env::ServiceEnv;
 use crate::stack::Stack;
 
 #[tokio::main]
@@ -19,7 +22,8 @@ async fn main() -> ExitCode {
     platform::install_crypto_provider();
     let env = Env::new(&ProcessEnv);
     let _telemetry = or_exit(TelemetryConfig::from_env(&env, "ticketflow").and_then(|config| {
-        telemetry::init(&config).map_err(|e| platform::config::ConfigError::new("RUST_LOG", "usable", e.to_string()))
+        telemetry::init(&config)
+            .map_err(|e| platform::config::ConfigError::new("RUST_LOG", "usable", e.to_string()))
     }));
 
     let infrastructure = or_exit(infrastructure(&env));
@@ -71,7 +75,20 @@ fn infrastructure(env: &Env<'_>) -> Result<Infrastructure, platform::config::Con
     })
 }
 
-/// Starts each service in dependency order. Services plug themselves in here.
-async fn start_services(_stack: &mut Stack) -> anyhow::Result<()> {
+/// Starts each service in dependency order: identity first (the others fetch its JWKS), catalog
+/// before ordering, the gateway last.
+async fn start_services(stack: &mut Stack) -> anyhow::Result<()> {
+    // Logins reach identity through the gateway on loopback; trusting its X-Forwarded-For keeps
+    // login throttling per real client instead of one shared address.
+    let env = ServiceEnv::new("IDENTITY", ProcessEnv).default("TRUSTED_PROXY_ADDRS", "127.0.0.1");
+    let identity = identity::App::build(identity::Config::from_env(&Env::new(&env))?)
+        .await
+        .context("starting identity")?;
+    stack.add("identity", identity.http_addr(), identity.run(stack.shutdown()));
+
+    let env = ServiceEnv::new("CATALOG", ProcessEnv).default("SEED_CATALOG", "true");
+    let catalog =
+        catalog::App::build(catalog::Config::from_env(&Env::new(&env))?).await.context("starting catalog")?;
+    stack.add("catalog", catalog.http_addr(), catalog.run(stack.shutdown()));
     Ok(())
 }

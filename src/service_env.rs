@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use platform::config::Source;
 
 /// Settings that differ per service, so a plain `DATABASE_URL` must not leak into every one.
-const PER_SERVICE: [&str; 4] = ["DATABASE_URL", "DATABASE_MAX_CONNECTIONS", "LISTEN_ADDR", "GRPC_LISTEN_ADDR"];
+const PER_SERVICE: [&str; 4] =
+    ["DATABASE_URL", "DATABASE_MAX_CONNECTIONS", "LISTEN_ADDR", "GRPC_LISTEN_ADDR"];
 
 pub struct ServiceEnv {
     prefix: &'static str,
@@ -48,8 +49,11 @@ mod tests {
 
     #[test]
     fn prefixed_names_win_over_defaults_and_plain_names() {
-        let env = ServiceEnv::new("CATALOG", process(&[("CATALOG_REDIS_URL", "redis://a"), ("REDIS_URL", "redis://b")]))
-            .default("REDIS_URL", "redis://c");
+        let env = ServiceEnv::new(
+            "CATALOG",
+            process(&[("CATALOG_REDIS_URL", "redis://a"), ("REDIS_URL", "redis://b")]),
+        )
+        .default("REDIS_URL", "redis://c");
         assert_eq!(env.get("REDIS_URL").as_deref(), Some("redis://a"));
     }
 

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures::future::select_all;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +57,9 @@ impl Stack {
                         };
                         anyhow::bail!("{} is not healthy after {within:?}: {detail}", service.name);
                     }
-                    _ if service.task.is_finished() => anyhow::bail!("{} stopped during start-up", service.name),
+                    _ if service.task.is_finished() => {
+                        anyhow::bail!("{} stopped during start-up", service.name)
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
@@ -99,7 +100,11 @@ impl Stack {
             Ok(results) => {
                 for (name, result) in names.iter().zip(results) {
                     if let Err(error) = flatten(result) {
-                        tracing::error!(service = name, error = format!("{error:#}"), "service stopped with an error");
+                        tracing::error!(
+                            service = name,
+                            error = format!("{error:#}"),
+                            "service stopped with an error"
+                        );
                         failure.get_or_insert(error);
                     }
                 }

@@ -122,7 +122,10 @@ impl HealthChecks {
 }
 
 /// `/alive`, `/health` and `/metrics`, to merge into a service's HTTP router or serve on an admin port.
+///
+/// Building it installs the Prometheus recorder, so nothing counted before the first scrape is lost.
 pub fn router(checks: HealthChecks) -> Router {
+    prometheus();
     Router::new()
         .route("/alive", get(|| async { "alive" }))
         .route("/health", get(health))

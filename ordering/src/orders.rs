@@ -79,10 +79,9 @@ impl Orders {
             Ok(placed) => Ok(placed),
             Err(error) if error.is_final() => {
                 // Sold out, unknown concert: the outcome of this key, repeated to every retry.
-                let response = StoredResponse {
-                    status: error.problem().status,
-                    body: serde_json::to_string(&error.problem()).map_err(anyhow::Error::from)?,
-                };
+                let problem = error.problem();
+                let body = serde_json::to_string(&problem).map_err(anyhow::Error::from)?;
+                let response = StoredResponse { status: problem.status, body };
                 let mut conn = self.db.acquire().await?;
                 if !idempotency::complete(&mut conn, &claim, &response).await? {
                     tracing::warn!(order.id = %claim.order_id, "idempotency key completed by another request");

@@ -283,8 +283,9 @@ struct Publisher {
 
 impl Publisher {
     async fn connect(url: &str, exchange: &str) -> Result<Self, lapin::Error> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("ticketflow-ordering-outbox".into());
+        // Named after the exchange too, so an operator (or a test) can tell replicas' relays apart.
+        let name = format!("ticketflow-ordering-outbox {exchange}");
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(url, properties).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;

@@ -36,3 +36,53 @@ async fn an_order_left_unconfirmed_past_its_hold_is_cancelled_as_expired_and_its
     assert_eq!(too_late.status, StatusCode::CONFLICT, "{}", too_late.text);
     assert!(events.next(Duration::from_millis(500)).await.is_none(), "expired once, announced once");
 }
+
+#[tokio::test]
+async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
+    // The service's own sweeper is idle here; three replicas' sweepers race on the same database.
+    let options = support::Options { hold_seconds: 1, sweep_interval_secs: 3600.0, ..Default::default() };
+    let stack = support::spawn_with(options).await;
+    let mut events = stack.events().await;
+    let buyer = stack.buyer("ada").await;
+    let concert = stack.concert(100).await;
+    let mut placed = std::collections::HashSet::new();
+    for n in 0..12 {
+        let answer = stack.place(&buyer, &format!("lapse-{n}"), concert, 1).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+        placed.insert(answer.json["id"].as_str().expect("id").to_owned());
+    }
+    stack.wait_available(concert, 88).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let catalog_config = ordering::config::CatalogConfig {
+        url: format!("http://{}", stack.catalog_grpc),
+        timeout: Duration::from_secs(3),
+        attempts: 3,
+        breaker_failures: 5,
+        breaker_cool_down: Duration::from_secs(5),
+    };
+    let replicas: Vec<_> = (0..3)
+        .map(|_| ordering::sweeper::Sweeper {
+            db: stack.orders_db.clone(),
+            catalog: std::sync::Arc::new(
+                ordering::catalog::Catalog::connect_lazy(&catalog_config).expect("catalog client"),
+            ),
+            interval: Duration::from_secs(3600),
+            idempotency_retention: Duration::from_secs(86_400),
+            outbox_retention: Duration::from_secs(86_400),
+        })
+        .collect();
+    let swept = futures::future::join_all(replicas.iter().map(|s| s.expire_lapsed_holds())).await;
+    let swept: usize = swept.into_iter().map(|n| n.expect("sweep")).sum();
+    assert_eq!(swept, 12, "every lapsed order cancelled, none twice");
+
+    let received = events.drain(Duration::from_secs(2)).await;
+    let cancelled: Vec<String> = received
+        .iter()
+        .filter(|r| r.event.kind == OrderEventType::Cancelled)
+        .map(|r| r.event.order_id.to_string())
+        .collect();
+    assert_eq!(cancelled.len(), 12, "one cancellation event per order");
+    assert_eq!(cancelled.into_iter().collect::<std::collections::HashSet<_>>(), placed);
+    stack.wait_available(concert, 100).await;
+}

@@ -65,6 +65,11 @@ async fn a_buyer_places_confirms_and_cancels_an_order_and_every_step_is_announce
     assert_eq!(again.status, StatusCode::CONFLICT, "a cancelled order stays cancelled");
     assert_eq!(again.headers["content-type"], "application/problem+json");
     assert!(events.next(Duration::from_millis(500)).await.is_none(), "nothing more happened");
+
+    let metrics = support::answer(stack.http.get(format!("{}/metrics", stack.ordering_url))).await.text;
+    for name in ["orders_placed_total", "outbox_published_total", "outbox_lag_seconds", "outbox_pending"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }
 
 #[tokio::test]

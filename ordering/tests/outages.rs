@@ -111,3 +111,52 @@ async fn orders_placed_while_the_broker_is_unreachable_are_all_announced_once_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_broker_dropping_the_relay_mid_stream_loses_no_event() {
+    let stack = support::spawn().await;
+    let mut events = stack.events().await;
+    let buyer = stack.buyer("ada").await;
+    let concert = stack.concert(100).await;
+    stack.wait_broker_connected().await;
+
+    // Orders keep coming, a few every 50 ms for about 3 s, while the broker closes the relay's
+    // connection twice (as on a restart): publishes are in flight when it goes.
+    const N: usize = 60;
+    let place_all = async {
+        let mut answers = Vec::new();
+        for wave in 0..N / 3 {
+            let keys: Vec<String> = (0..3).map(|n| format!("k-{wave}-{n}")).collect();
+            answers.extend(
+                futures::future::join_all(keys.iter().map(|k| stack.place(&buyer, k, concert, 1))).await,
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answers
+    };
+    let close_twice = async {
+        let mut closed = stack.broker_closes_relay_connection().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.wait_broker_connected().await;
+        closed += stack.broker_closes_relay_connection().await;
+        closed
+    };
+    let (answers, closed) = tokio::join!(place_all, close_twice);
+    assert!(closed >= 1, "the relay had a connection to close");
+    let mut placed = HashSet::new();
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
+        placed.insert(Uuid::parse_str(answer.json["id"].as_str().expect("id")).expect("uuid"));
+    }
+
+    let mut announced = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while announced.len() < N {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(received) = events.next(remaining).await else {
+            panic!("only {} of {N} orders were announced", announced.len());
+        };
+        announced.insert(received.event.order_id);
+    }
+    assert_eq!(announced, placed);
+}

@@ -54,6 +54,8 @@ pub struct Stack {
     identity_url: String,
     /// Ordering's own database, to check what was (not) written.
     pub orders_db: PgPool,
+    /// Catalog's gRPC port (never through a proxy).
+    pub catalog_grpc: SocketAddr,
     catalog_client: CatalogClient<tonic::transport::Channel>,
     admin_token: String,
     pub catalog_proxy: Option<TcpProxy>,
@@ -163,6 +165,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ordering_url: ordering.http_url(),
         identity_url,
         orders_db,
+        catalog_grpc,
         catalog_client,
         admin_token: String::new(),
         catalog_proxy,
@@ -324,6 +327,30 @@ impl Stack {
             assert!(tokio::time::Instant::now() < deadline, "the relay never connected to the broker");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Has the broker close the relay's connection, the way a broker restart does (connection.close
+    /// from the server), without touching anyone else's connections; returns how many it closed.
+    pub async fn broker_closes_relay_connection(&self) -> usize {
+        let marker = format!("ticketflow-ordering-outbox {}", self.names.exchange());
+        let listed = tokio::process::Command::new("rabbitmqctl")
+            .args(["-q", "--no-table-headers", "list_connections", "pid", "client_properties"])
+            .output()
+            .await
+            .expect("rabbitmqctl runs (the test needs the local RabbitMQ's CLI)");
+        let listing = String::from_utf8_lossy(&listed.stdout);
+        let mut closed = 0;
+        for line in listing.lines().filter(|line| line.contains(&marker)) {
+            let pid = line.split('\t').next().unwrap_or_default();
+            let status = tokio::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "simulated broker restart"])
+                .status()
+                .await
+                .expect("rabbitmqctl close_connection");
+            assert!(status.success(), "closing {pid}");
+            closed += 1;
+        }
+        closed
     }
 
     /// A queue bound to this test's exchange with `order.*`, to read ordering's events back.

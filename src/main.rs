@@ -90,5 +90,11 @@ async fn start_services(stack: &mut Stack) -> anyhow::Result<()> {
     let catalog =
         catalog::App::build(catalog::Config::from_env(&Env::new(&env))?).await.context("starting catalog")?;
     stack.add("catalog", catalog.http_addr(), catalog.run(stack.shutdown()));
+
+    let env = ServiceEnv::new("NOTIFICATIONS", ProcessEnv);
+    let notifications = notifications::App::build(notifications::Config::from_env(&Env::new(&env))?)
+        .await
+        .context("starting notifications")?;
+    stack.add("notifications", notifications.http_addr(), notifications.run(stack.shutdown()));
     Ok(())
 }

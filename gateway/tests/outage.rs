@@ -1,5 +1,7 @@
 //! When catalog goes away, the gateway says so at once (`UNAVAILABLE`) instead of hanging, keeps
 //! serving what does not need catalog, and recovers by itself when catalog is back.
+//!
+//! Alone in its file: it reads the process-wide metrics registry.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -45,6 +47,14 @@ async fn catalog_down_means_unavailable_within_a_second_and_recovery_after() {
         .graphql(None, "query($id: ID!) { concert(id: $id) { title } }", json!({ "id": concert }))
         .await;
     assert_eq!(error_code(&single).as_deref(), Some("UNAVAILABLE"), "{single}");
+
+    // After a few failures the circuit is open: later calls fail without trying catalog at all.
+    let metrics =
+        gateway.http.get(format!("{}/metrics", gateway.url())).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|line| line.starts_with("circuit_breaker_opened_total{breaker=\"catalog\"}")),
+        "the catalog circuit opened:\n{metrics}"
+    );
 
     // What does not need catalog still works.
     let me = gateway.data(Some(&fan), "{ me { email } myOrders { edges { cursor } } }", json!({})).await;

@@ -134,7 +134,10 @@ impl CatalogClient {
         match self.policy.call(operation, retry, attempt, classify).await {
             Ok(response) => Ok(response.into_inner()),
             Err(CallError::Open | CallError::Timeout) => Err(GatewayError::Unavailable(Service::Catalog)),
-            Err(CallError::Failed(status)) => Err(GatewayError::from_status(&status)),
+            Err(CallError::Failed(status)) => {
+                tracing::debug!(operation, code = ?status.code(), message = status.message(), "catalog call failed");
+                Err(GatewayError::from_status(&status))
+            }
         }
     }
 }
@@ -144,9 +147,13 @@ fn classify(status: &Status) -> Failure {
         // tonic reports a connection that could not be made as UNAVAILABLE before sending anything;
         // other UNAVAILABLEs may have been processed, which only reads tolerate anyway.
         Code::Unavailable if is_connect_error(status) => Failure::NotSent,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::DataLoss => {
-            Failure::Unhealthy
-        }
+        // tonic reports a connection that broke under a call as CANCELLED ("operation was canceled").
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal
+        | Code::DataLoss => Failure::Unhealthy,
         _ => Failure::Answer,
     }
 }
@@ -154,4 +161,19 @@ fn classify(status: &Status) -> Failure {
 fn is_connect_error(status: &Status) -> bool {
     let message = status.message().to_ascii_lowercase();
     message.contains("connect") || message.contains("connection refused") || message.contains("tcp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_connections_count_against_catalog_and_answers_do_not() {
+        assert_eq!(classify(&Status::unavailable("tcp connect error: Connection refused")), Failure::NotSent);
+        assert_eq!(classify(&Status::cancelled("operation was canceled")), Failure::Unhealthy);
+        assert_eq!(classify(&Status::deadline_exceeded("timeout")), Failure::Unhealthy);
+        assert_eq!(classify(&Status::not_found("concert")), Failure::Answer);
+        assert_eq!(classify(&Status::resource_exhausted("sold out")), Failure::Answer);
+        assert_eq!(classify(&Status::invalid_argument("title: empty")), Failure::Answer);
+    }
 }

@@ -91,6 +91,12 @@ async fn start_services(stack: &mut Stack) -> anyhow::Result<()> {
         catalog::App::build(catalog::Config::from_env(&Env::new(&env))?).await.context("starting catalog")?;
     stack.add("catalog", catalog.http_addr(), catalog.run(stack.shutdown()));
 
+    let env = ServiceEnv::new("ORDERING", ProcessEnv);
+    let ordering = ordering::App::build(ordering::Config::from_env(&Env::new(&env))?)
+        .await
+        .context("starting ordering")?;
+    stack.add("ordering", ordering.http_addr(), ordering.run(stack.shutdown()));
+
     let env = ServiceEnv::new("NOTIFICATIONS", ProcessEnv);
     let notifications = notifications::App::build(notifications::Config::from_env(&Env::new(&env))?)
         .await

@@ -89,15 +89,23 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
             return error_response(StatusCode::BAD_REQUEST, error);
         }
     };
-    if let BatchRequest::Batch(requests) = &batch
-        && requests.len() > state.limits.max_batch
-    {
-        let message = if state.limits.max_batch == 0 {
-            "batched requests are not accepted".to_owned()
-        } else {
-            format!("a batch may hold at most {} operations", state.limits.max_batch)
-        };
-        return error_response(StatusCode::BAD_REQUEST, GatewayError::BadUserInput { field: None, message });
+    if let BatchRequest::Batch(requests) = &batch {
+        if requests.len() > state.limits.max_batch {
+            let message = if state.limits.max_batch == 0 {
+                "batched requests are not accepted".to_owned()
+            } else {
+                format!("a batch may hold at most {} operations", state.limits.max_batch)
+            };
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                GatewayError::BadUserInput { field: None, message },
+            );
+        }
+        // The request itself paid for one operation; the rest of the batch pays here.
+        let more = u32::try_from(requests.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        if let Err(error) = state.services.limiter.check_requests(client.0, more) {
+            return error_response(StatusCode::TOO_MANY_REQUESTS, error);
+        }
     }
     execute(&state, &parts.headers, client, batch).await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultKeyedRateLimiter, NotUntil, Quota};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RateLimits;
@@ -32,6 +32,16 @@ impl RateLimiter {
     /// Takes one unit of `client`'s general budget.
     pub fn check_request(&self, client: IpAddr) -> Result<(), GatewayError> {
         check(&self.requests, client, "request")
+    }
+
+    /// Takes `n` units of `client`'s general budget (a batch costs one per operation).
+    pub fn check_requests(&self, client: IpAddr, n: u32) -> Result<(), GatewayError> {
+        let Some(n) = std::num::NonZeroU32::new(n) else { return Ok(()) };
+        match self.requests.check_key_n(&client, n) {
+            Ok(outcome) => outcome.map_err(|not_until| limited(&not_until, "request")),
+            // More than the whole burst at once can never pass.
+            Err(_) => Err(GatewayError::RateLimited { retry_after_secs: 1 }),
+        }
     }
 
     /// Takes one unit of `client`'s budget for `login` and `register`.
@@ -64,11 +74,13 @@ fn check(
     client: IpAddr,
     kind: &'static str,
 ) -> Result<(), GatewayError> {
-    limiter.check_key(&client).map_err(|not_until| {
-        metrics::counter!("gateway_rate_limited_total", "limit" => kind).increment(1);
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        GatewayError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 }
-    })
+    limiter.check_key(&client).map_err(|not_until| limited(&not_until, kind))
+}
+
+fn limited(not_until: &NotUntil<<DefaultClock as Clock>::Instant>, kind: &'static str) -> GatewayError {
+    metrics::counter!("gateway_rate_limited_total", "limit" => kind).increment(1);
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    GatewayError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 }
 }
 
 #[cfg(test)]
@@ -100,5 +112,8 @@ mod tests {
         assert!(matches!(error, GatewayError::RateLimited { retry_after_secs } if retry_after_secs >= 1));
         assert!(limiter.check_auth(b).is_ok(), "another client has its own budget");
         assert!(limiter.check_request(a).is_ok(), "the general budget is separate");
+        assert!(limiter.check_requests(a, 99).is_ok(), "a batch pays per operation");
+        assert!(limiter.check_requests(a, 1).is_err());
+        assert!(limiter.check_requests(b, 1000).is_err(), "more than the burst never passes");
     }
 }

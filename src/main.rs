@@ -5,6 +5,7 @@ mod infra;
 mod service_env;
 mod stack;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use anyhow::Context;
 
 use crate::infra::Infrastructure;
 use crate::service_env::ServiceEnv;
-use crate::stack::Stack;
+use crate::stack::{Stack, local};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,19 +38,22 @@ async fn main() -> ExitCode {
 
     let shutdown = platform::shutdown::cancel_on_signal();
     let mut stack = Stack::new(shutdown.clone());
-    if let Err(error) = start_services(&mut stack).await {
-        eprintln!("error: {error:#}");
-        shutdown.cancel();
-        let _ = stack.run_until_stopped().await;
-        return ExitCode::FAILURE;
-    }
+    let urls = match start_services(&mut stack).await {
+        Ok(urls) => urls,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            shutdown.cancel();
+            let _ = stack.run_until_stopped().await;
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(error) = stack.wait_healthy(Duration::from_secs(60)).await {
         eprintln!("error: {error:#}");
         shutdown.cancel();
         let _ = stack.run_until_stopped().await;
         return ExitCode::FAILURE;
     }
-    println!("TicketFlow: all services healthy. Press Ctrl-C to stop.");
+    println!("\nTicketFlow: all services healthy.\n{urls}\nPress Ctrl-C to stop.\n");
 
     match stack.run_until_stopped().await {
         Ok(()) => {
@@ -75,32 +79,67 @@ fn infrastructure(env: &Env<'_>) -> Result<Infrastructure, platform::config::Con
     })
 }
 
+/// Where a user reaches the running stack, printed once everything is healthy.
+struct Urls {
+    playground: String,
+    identity: SocketAddr,
+    ordering: SocketAddr,
+    catalog_grpc: SocketAddr,
+    catalog_http: SocketAddr,
+    notifications: SocketAddr,
+}
+
+impl std::fmt::Display for Urls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "  GraphQL playground   {}", self.playground)?;
+        writeln!(f, "  identity (REST)      http://{}", self.identity)?;
+        writeln!(f, "  ordering (REST)      http://{}", self.ordering)?;
+        writeln!(
+            f,
+            "  catalog (gRPC)       http://{}   health: http://{}/health",
+            self.catalog_grpc, self.catalog_http
+        )?;
+        write!(
+            f,
+            "  notifications        http://{}/health   (notifications are logged by this process)",
+            self.notifications
+        )
+    }
+}
+
+/// Builds one service from its environment and adds it to the stack, returning what `$info`
+/// computes from the built app. A macro because the services share a shape (`Config::from_env`,
+/// `App::build`, `http_addr`, `run`) but no trait.
+macro_rules! launch {
+    ($stack:expr, $service:ident, $env:expr, |$app:ident| $info:expr) => {{
+        let config = $service::Config::from_env(&Env::new(&$env))?;
+        let $app = $service::App::build(config).await.context(concat!("starting ", stringify!($service)))?;
+        let info = $info;
+        $stack.add(stringify!($service), $app.http_addr(), $app.run($stack.shutdown()));
+        info
+    }};
+}
+
 /// Starts each service in dependency order: identity first (the others fetch its JWKS), catalog
 /// before ordering, the gateway last.
-async fn start_services(stack: &mut Stack) -> anyhow::Result<()> {
+async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
     // Logins reach identity through the gateway on loopback; trusting its X-Forwarded-For keeps
     // login throttling per real client instead of one shared address.
     let env = ServiceEnv::new("IDENTITY", ProcessEnv).default("TRUSTED_PROXY_ADDRS", "127.0.0.1");
-    let identity = identity::App::build(identity::Config::from_env(&Env::new(&env))?)
-        .await
-        .context("starting identity")?;
-    stack.add("identity", identity.http_addr(), identity.run(stack.shutdown()));
+    let identity = launch!(stack, identity, env, |app| local(app.http_addr()));
 
     let env = ServiceEnv::new("CATALOG", ProcessEnv).default("SEED_CATALOG", "true");
-    let catalog =
-        catalog::App::build(catalog::Config::from_env(&Env::new(&env))?).await.context("starting catalog")?;
-    stack.add("catalog", catalog.http_addr(), catalog.run(stack.shutdown()));
+    let (catalog_grpc, catalog_http) =
+        launch!(stack, catalog, env, |app| (local(app.grpc_addr()), local(app.http_addr())));
 
     let env = ServiceEnv::new("ORDERING", ProcessEnv);
-    let ordering = ordering::App::build(ordering::Config::from_env(&Env::new(&env))?)
-        .await
-        .context("starting ordering")?;
-    stack.add("ordering", ordering.http_addr(), ordering.run(stack.shutdown()));
+    let ordering = launch!(stack, ordering, env, |app| local(app.http_addr()));
 
     let env = ServiceEnv::new("NOTIFICATIONS", ProcessEnv);
-    let notifications = notifications::App::build(notifications::Config::from_env(&Env::new(&env))?)
-        .await
-        .context("starting notifications")?;
-    stack.add("notifications", notifications.http_addr(), notifications.run(stack.shutdown()));
-    Ok(())
+    let notifications = launch!(stack, notifications, env, |app| local(app.http_addr()));
+
+    let env = ServiceEnv::new("GATEWAY", ProcessEnv);
+    let playground = launch!(stack, gateway, env, |app| app.playground_url());
+
+    Ok(Urls { playground, identity, ordering, catalog_grpc, catalog_http, notifications })
 }

@@ -119,7 +119,11 @@ impl From<AuthError> for Problem {
 
 struct KeyCache {
     keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// When the keys were last fetched successfully.
     fetched_at: Option<Instant>,
+    /// When a fetch was last tried, successful or not: failures are rate-limited too, so an identity
+    /// outage does not turn every request into a serialised call to it.
+    attempted_at: Option<Instant>,
 }
 
 /// Verifies access tokens against identity's published keys. Cheap to clone.
@@ -148,7 +152,7 @@ impl JwtVerifier {
                 leeway: Duration::from_secs(5),
                 min_refetch_interval: Duration::from_secs(10),
                 max_key_age: Duration::from_secs(600),
-                cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+                cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None, attempted_at: None }),
             }),
         }
     }
@@ -192,21 +196,23 @@ impl JwtVerifier {
 
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
         let inner = &self.inner;
+        let recent = |at: Option<Instant>, within: Duration| at.is_some_and(|at| at.elapsed() < within);
         {
             let cache = inner.cache.read().await;
-            let fresh = cache.fetched_at.is_some_and(|at| at.elapsed() < inner.max_key_age);
+            let fresh = recent(cache.fetched_at, inner.max_key_age)
+                || recent(cache.attempted_at, inner.min_refetch_interval);
             if fresh && let Some(found) = cache.keys.get(kid) {
                 return Ok(found.clone());
             }
         }
         let mut cache = inner.cache.write().await;
-        // Another task may have refreshed while we waited for the lock.
-        let recently = cache.fetched_at.is_some_and(|at| at.elapsed() < inner.min_refetch_interval);
-        if !recently {
+        // Another task may have fetched (or failed to) while we waited for the lock.
+        if !recent(cache.attempted_at, inner.min_refetch_interval) {
+            cache.attempted_at = Some(Instant::now());
             match inner.source.fetch().await {
                 Ok(set) => {
                     cache.keys = decoding_keys(&set);
-                    cache.fetched_at = Some(Instant::now());
+                    cache.fetched_at = cache.attempted_at;
                 }
                 // Keep serving the keys we have; without any, nothing can be verified.
                 Err(error) if cache.keys.is_empty() => {
@@ -214,6 +220,10 @@ impl JwtVerifier {
                 }
                 Err(error) => tracing::warn!(%error, "JWKS refresh failed, keeping cached keys"),
             }
+        } else if cache.keys.is_empty() {
+            return Err(AuthError::KeysUnavailable(
+                "identity's keys could not be fetched recently".to_owned(),
+            ));
         }
         cache.keys.get(kid).cloned().ok_or(AuthError::Invalid)
     }
@@ -310,6 +320,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failing_key_source_is_asked_at_most_once_per_interval() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let source = KeySource::Local(Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { anyhow::bail!("identity is down") })
+        }));
+        let verifier = JwtVerifier::new(source, TokenAudience { issuer: "i".into(), audience: "a".into() });
+        // {"alg":"EdDSA","kid":"k"} . {} . "sig": only the header matters before a key is found.
+        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsifQ.e30.c2ln";
+        for _ in 0..5 {
+            assert!(matches!(verifier.verify(token).await, Err(AuthError::KeysUnavailable(_))));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn bearer_tokens_are_parsed_from_the_header() {

@@ -4,10 +4,11 @@
 //! a [`ConfigError`] naming the variable and what was expected; `main` prints it as one line and exits.
 //! Values are read through [`Source`] so tests pass a map instead of mutating the process environment.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Where configuration values come from.
@@ -34,6 +35,38 @@ impl Source for HashMap<String, String> {
 impl Source for HashMap<&'static str, String> {
     fn get(&self, name: &str) -> Option<String> {
         HashMap::get(self, name).cloned()
+    }
+}
+
+/// Wraps a [`Source`] and remembers every name asked of it.
+///
+/// Reading a configuration through it tells which variables that configuration reads, so a test can
+/// prove that a deployment file sets no variable the service ignores (a typo or a dead setting).
+#[derive(Debug, Default)]
+pub struct RecordingSource<S> {
+    inner: S,
+    requested: Mutex<BTreeSet<String>>,
+}
+
+impl<S: Source> RecordingSource<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner, requested: Mutex::new(BTreeSet::new()) }
+    }
+
+    /// Every name requested so far, whether or not the inner source had a value for it.
+    pub fn requested(&self) -> BTreeSet<String> {
+        self.requested.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Source> Source for RecordingSource<S> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.requested.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned());
+        self.inner.get(name)
     }
 }
 
@@ -198,6 +231,18 @@ mod tests {
         let env = Env::new(&source);
         assert!(env.url("DATABASE_URL", "", &["postgres", "postgresql"]).is_err());
         assert_eq!(env.url("REDIS_URL", "", &["redis"]).unwrap(), "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn a_recording_source_remembers_every_name_asked_set_or_not() {
+        let recording = RecordingSource::new(env_of(&[("LISTEN_ADDR", "0.0.0.0:9000"), ("UNREAD", "x")]));
+        let env = Env::new(&recording);
+        assert_eq!(env.socket_addr("LISTEN_ADDR", "0.0.0.0:1").unwrap().port(), 9000);
+        assert_eq!(env.string("MISSING", "dflt"), "dflt");
+        assert!(env.bool("FLAG", false).is_ok());
+        let requested: Vec<String> = recording.requested().into_iter().collect();
+        assert_eq!(requested, ["FLAG", "LISTEN_ADDR", "MISSING"]);
+        assert_eq!(recording.into_inner().len(), 2, "the inner source is untouched");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Identity's typed configuration, read once from the environment at start-up.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use platform::auth::TokenAudience;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
 use platform::http::HttpLimits;
+
+use crate::throttle::TrustedProxies;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -27,10 +29,10 @@ pub struct Config {
     /// `MAX_CONCURRENT_PASSWORD_HASHES`, default: the number of CPUs. Each argon2 run holds 19 MiB
     /// and a core for ~20 ms; more in parallel only queues on the CPU and grows memory.
     pub max_concurrent_hashes: usize,
-    /// `TRUSTED_PROXY_ADDRS`: comma-separated peer addresses (e.g. the gateway's) whose
-    /// `X-Forwarded-For` names the real client for per-address login throttling. Empty by default:
-    /// nobody is trusted and the TCP peer is the client.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// `TRUSTED_PROXY_ADDRS`: comma-separated addresses and CIDR ranges (e.g. the gateway pods'
+    /// subnet, `10.0.0.0/8,127.0.0.1`) whose `X-Forwarded-For` names the real client for
+    /// per-address login throttling. Empty by default: nobody is trusted and the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
     pub http: HttpLimits,
 }
 
@@ -80,16 +82,15 @@ fn positive_seconds(env: &Env<'_>, name: &str, default: Duration) -> Result<Dura
     Ok(value)
 }
 
-fn trusted_proxies(env: &Env<'_>) -> Result<Vec<IpAddr>, ConfigError> {
+fn trusted_proxies(env: &Env<'_>) -> Result<TrustedProxies, ConfigError> {
     let raw = env.string("TRUSTED_PROXY_ADDRS", "");
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| ConfigError::new("TRUSTED_PROXY_ADDRS", "comma-separated IP addresses", &raw))
-        })
-        .collect()
+    TrustedProxies::parse(&raw).map_err(|error| {
+        ConfigError::new(
+            "TRUSTED_PROXY_ADDRS",
+            format!("comma-separated IP addresses or CIDR ranges such as 10.0.0.0/8,127.0.0.1 ({error})"),
+            &raw,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -125,10 +126,18 @@ mod tests {
     }
 
     #[test]
-    fn trusted_proxies_are_parsed() {
+    fn trusted_proxies_take_addresses_and_ranges() {
         let source: HashMap<&'static str, String> =
-            [("TRUSTED_PROXY_ADDRS", "127.0.0.1, ::1".to_owned())].into();
+            [("TRUSTED_PROXY_ADDRS", "10.0.0.0/8,127.0.0.1, ::1".to_owned())].into();
         let config = Config::from_env(&Env::new(&source)).unwrap();
-        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.trusted_proxies, TrustedProxies::parse("10.0.0.0/8, 127.0.0.1, ::1").unwrap());
+        assert!(config.trusted_proxies.contains("10.20.30.40".parse().unwrap()));
+        assert!(!config.trusted_proxies.contains("127.0.0.2".parse().unwrap()));
+
+        let source: HashMap<&'static str, String> =
+            [("TRUSTED_PROXY_ADDRS", "10.0.0.0/40".to_owned())].into();
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "TRUSTED_PROXY_ADDRS");
+        assert!(error.to_string().contains("10.0.0.0/40"), "{error}");
     }
 }

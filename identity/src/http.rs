@@ -18,7 +18,7 @@ use crate::domain::{DisplayName, Email, Password};
 use crate::error::Error;
 use crate::keys::SigningKeys;
 use crate::sessions::{Sessions, TokenPair};
-use crate::throttle::client_address;
+use crate::throttle::{TrustedProxies, client_address};
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -27,7 +27,7 @@ pub struct AppState {
     pub sessions: Sessions,
     pub keys: Arc<SigningKeys>,
     pub verifier: JwtVerifier,
-    pub trusted_proxies: Arc<[std::net::IpAddr]>,
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl FromRef<AppState> for JwtVerifier {

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use ipnet::{IpNet, Ipv4Net};
 use sqlx::PgPool;
 
 use crate::config::ThrottleConfig;
@@ -119,15 +120,77 @@ impl LoginThrottle {
     }
 }
 
+/// The peers whose `X-Forwarded-For` is believed (`TRUSTED_PROXY_ADDRS`): single addresses and
+/// CIDR ranges, because proxies such as the gateway run as pods whose addresses change on every
+/// rollout; only their subnet is stable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+/// An entry of `TRUSTED_PROXY_ADDRS` that is neither an address nor a CIDR range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither an IP address nor a CIDR range")]
+pub struct InvalidProxyEntry(pub String);
+
+impl TrustedProxies {
+    /// Comma-separated addresses (`127.0.0.1`, `::1`) and ranges (`10.0.0.0/8`, `fd00::/8`); blank
+    /// entries are ignored, so an empty list trusts nobody.
+    pub fn parse(list: &str) -> Result<Self, InvalidProxyEntry> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let net = if entry.contains('/') {
+                    entry.parse::<IpNet>().ok()
+                } else {
+                    entry.parse::<IpAddr>().ok().map(IpNet::from)
+                };
+                net.map(canonical_net).ok_or_else(|| InvalidProxyEntry(entry.to_owned()))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// `trusted == [addr, ..]`: the list is exactly these single addresses, in order (what a deployment
+/// check that names one proxy asserts).
+impl<const N: usize> PartialEq<[IpAddr; N]> for TrustedProxies {
+    fn eq(&self, addresses: &[IpAddr; N]) -> bool {
+        self.0.len() == N
+            && self.0.iter().zip(addresses).all(|(net, ip)| *net == canonical_net(IpNet::from(*ip)))
+    }
+}
+
+/// Host bits cleared, and IPv4-mapped IPv6 ranges (`::ffff:10.0.0.0/104`) written as IPv4, since
+/// addresses are compared in their canonical form.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net.trunc() {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(IpNet::V6(v6), IpNet::V4),
+            None => IpNet::V6(v6),
+        },
+        other => other,
+    }
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case the
-/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let peer = peer.ip().to_canonical();
-    if !trusted_proxies.contains(&peer) {
+    if !trusted.contains(peer) {
         return peer;
     }
-    // Entries are appended by each hop, so the rightmost ones are the most trustworthy; anything left
-    // of the first untrusted entry could have been written by the client.
+    // Each hop appends the address it received from, so entries are read right to left: the first
+    // untrusted one was written by a proxy we trust; anything further left could be the client's
+    // own invention. When every entry is a trusted proxy the left-most is the origin.
     let forwarded = headers
         .get_all("x-forwarded-for")
         .iter()
@@ -135,14 +198,19 @@ pub fn client_address(peer: SocketAddr, headers: &HeaderMap, trusted_proxies: &[
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .collect::<Vec<_>>();
+    let mut nearest = peer;
     for entry in forwarded.into_iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if trusted_proxies.contains(&ip.to_canonical()) => continue,
-            Ok(ip) => return ip.to_canonical(),
-            Err(_) => break,
+        // Some proxies append the port too (`203.0.113.9:51234`, `[2001:db8::1]:443`).
+        let parsed =
+            entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()));
+        match parsed.map(|ip| ip.to_canonical()) {
+            Some(ip) if trusted.contains(ip) => nearest = ip,
+            Some(ip) => return ip,
+            // A hop we trust wrote something unreadable: stop at the last address we can vouch for.
+            None => break,
         }
     }
-    peer
+    nearest
 }
 
 /// IPv6 clients usually control a whole /64, so they are counted per /64.
@@ -177,25 +245,101 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
-        let ip = client_address(peer("203.0.113.9"), &forwarded("198.51.100.1"), &[]);
-        assert_eq!(ip.to_string(), "203.0.113.9");
+    fn trusted(list: &str) -> TrustedProxies {
+        TrustedProxies::parse(list).unwrap()
+    }
+
+    fn client(peer_ip: &str, headers: &HeaderMap, list: &str) -> String {
+        client_address(peer(peer_ip), headers, &trusted(list)).to_string()
     }
 
     #[test]
-    fn a_trusted_proxy_names_the_client() {
-        let trusted = ["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()];
-        let headers = forwarded("1.2.3.4, 198.51.100.7, 10.0.0.3");
-        assert_eq!(client_address(peer("10.0.0.2"), &headers, &trusted).to_string(), "198.51.100.7");
-        assert_eq!(client_address(peer("10.0.0.2"), &HeaderMap::new(), &trusted).to_string(), "10.0.0.2");
-        assert_eq!(client_address(peer("10.0.0.2"), &forwarded("garbage"), &trusted).to_string(), "10.0.0.2");
+    fn trusted_proxies_are_addresses_and_cidr_ranges() {
+        let proxies = trusted(" 10.0.0.0/8, 127.0.0.1 ,fd00::/8, ::1,");
+        for inside in ["10.0.0.1", "10.255.3.4", "127.0.0.1", "fd12::7", "::1", "::ffff:10.1.2.3"] {
+            assert!(proxies.contains(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in ["11.0.0.1", "127.0.0.2", "192.168.1.1", "fe80::1", "::2"] {
+            assert!(!proxies.contains(outside.parse().unwrap()), "{outside}");
+        }
+        assert!(trusted("").is_empty());
+        assert!(trusted(" , ").is_empty());
+    }
+
+    #[test]
+    fn host_bits_and_ipv4_mapped_ranges_are_normalised() {
+        let proxies = trusted("10.1.2.3/16, ::ffff:192.168.0.0/112");
+        assert_eq!(proxies, trusted("10.1.0.0/16, 192.168.0.0/16"));
+        assert!(proxies.contains("10.1.200.9".parse().unwrap()));
+        assert!(proxies.contains("192.168.44.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_list_of_single_addresses_equals_those_addresses() {
+        let gateway: IpAddr = "172.29.80.10".parse().unwrap();
+        assert_eq!(trusted("172.29.80.10"), [gateway]);
+        assert_ne!(trusted("172.29.80.0/24"), [gateway]);
+        assert_ne!(trusted("172.29.80.10, 127.0.0.1"), [gateway]);
+    }
+
+    #[test]
+    fn malformed_entries_are_named() {
+        for (list, bad) in [
+            ("10.0.0.1, gateway", "gateway"),
+            ("10.0.0.0/33", "10.0.0.0/33"),
+            ("10.0.0.0/", "10.0.0.0/"),
+            ("/8", "/8"),
+            ("10.0.0.0/8/8", "10.0.0.0/8/8"),
+            ("10.0.0.1:8080", "10.0.0.1:8080"),
+        ] {
+            assert_eq!(TrustedProxies::parse(list), Err(InvalidProxyEntry(bad.to_owned())), "{list}");
+        }
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        assert_eq!(client("203.0.113.9", &forwarded("198.51.100.1"), ""), "203.0.113.9");
+        assert_eq!(client("203.0.113.9", &forwarded("198.51.100.1"), "10.0.0.0/8"), "203.0.113.9");
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_right_most_untrusted_address_is_the_client() {
+        let list = "10.0.0.0/8, 127.0.0.1";
+        // The client forged the first entry; the ingress (10.1.0.5) appended the real one.
+        let headers = forwarded("1.2.3.4, 198.51.100.7, 10.1.0.5");
+        assert_eq!(client("10.42.3.17", &headers, list), "198.51.100.7");
+        assert_eq!(client("127.0.0.1", &forwarded("198.51.100.8"), list), "198.51.100.8");
+        // Several header lines are one list, in order.
+        let mut headers = forwarded("1.2.3.4");
+        headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.9, 10.0.0.3"));
+        assert_eq!(client("10.0.0.2", &headers, list), "198.51.100.9");
+    }
+
+    #[test]
+    fn forwarded_entries_may_carry_a_port() {
+        let list = "10.0.0.0/8";
+        assert_eq!(client("10.0.0.2", &forwarded("198.51.100.7:51234"), list), "198.51.100.7");
+        assert_eq!(client("10.0.0.2", &forwarded("[2001:db8::1]:443"), list), "2001:db8::1");
+    }
+
+    #[test]
+    fn without_a_usable_forwarded_address_the_nearest_trusted_hop_is_the_client() {
+        let list = "10.0.0.0/8";
+        assert_eq!(client("10.0.0.2", &HeaderMap::new(), list), "10.0.0.2");
+        assert_eq!(client("10.0.0.2", &forwarded("garbage"), list), "10.0.0.2");
+        // Unreadable left of a trusted hop: that hop is as far as we can vouch for.
+        assert_eq!(client("10.0.0.2", &forwarded("garbage, 10.0.0.9"), list), "10.0.0.9");
+        // Traffic from inside the trusted network: the origin is the left-most hop.
+        assert_eq!(client("10.0.0.2", &forwarded("10.7.7.7, 10.0.0.9"), list), "10.7.7.7");
     }
 
     #[test]
     fn ipv4_mapped_addresses_count_as_ipv4() {
-        let ip = client_address(peer("::ffff:192.0.2.1"), &HeaderMap::new(), &[]);
-        assert_eq!(ip.to_string(), "192.0.2.1");
+        assert_eq!(client("::ffff:192.0.2.1", &HeaderMap::new(), ""), "192.0.2.1");
+        assert_eq!(
+            client("::ffff:10.0.0.2", &forwarded("::ffff:198.51.100.7"), "10.0.0.0/8"),
+            "198.51.100.7"
+        );
     }
 
     #[test]

@@ -29,8 +29,14 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     integration::init();
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.expect("test database");
-    let source: HashMap<&'static str, String> =
-        [("LISTEN_ADDR", "127.0.0.1:0".to_owned()), ("DATABASE_URL", db.url.clone())].into();
+    let source: HashMap<&'static str, String> = [
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        // Tests run in parallel against one Postgres: a small pool per service keeps them all under
+        // the server's connection limit.
+        ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
+    ]
+    .into();
     let mut config = Config::from_env(&Env::new(&source)).expect("test configuration");
     adjust(&mut config);
     let service = start(config.clone()).await;
@@ -111,7 +117,11 @@ impl TestApp {
     }
 
     pub async fn db_pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.db.url).await.expect("test db connects")
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.db.url)
+            .await
+            .expect("test db connects")
     }
 }
 
@@ -135,6 +145,19 @@ impl Tokens {
 
 pub fn unique_email() -> String {
     format!("user-{}@example.com", TestNames::new().id)
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The `kid` in a token's header.

@@ -813,6 +813,16 @@ fn k8s_runs_production_settings() {
         !gateway.graphql.introspection && !gateway.playground_enabled,
         "gateway/README.md: off in production"
     );
+    let identity = k8s.environment("identity");
+    let trusted = identity.get("TRUSTED_PROXY_ADDRS").map(String::as_str).unwrap_or_default();
+    assert!(
+        trusted.contains('/'),
+        "identity must trust the gateway pods, whose addresses change: a range such as the pod network"
+    );
+    assert!(
+        !trusted.split(',').any(|entry| matches!(entry.trim(), "0.0.0.0/0" | "::/0")),
+        "trusting every peer lets any client name its own address to the login throttle"
+    );
     let Loaded::Notifications(notifications) = k8s.view("notifications").config else { unreachable!() };
     for name in SERVICES {
         let pod = at(k8s.get("Deployment", name), &["spec", "template", "spec"]);

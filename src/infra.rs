@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use platform::config::redact_url as redact;
 use sqlx::Connection;
 
 /// Where the launcher finds Postgres, Redis and RabbitMQ.
@@ -88,26 +89,4 @@ async fn check_rabbitmq(url: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     conn.close(200, "launcher check done".into()).await.map_err(|e| e.to_string())
-}
-
-/// Hides a password in a URL before it is printed.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_hidden_in_printed_urls() {
-        assert_eq!(redact("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
-        assert_eq!(redact("postgres://postgres@127.0.0.1:5432/x"), "postgres://postgres@127.0.0.1:5432/x");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }

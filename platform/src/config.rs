@@ -131,7 +131,11 @@ impl<'a> Env<'a> {
         if scheme_ok {
             Ok(raw)
         } else {
-            Err(ConfigError::new(name, format!("a URL starting with {}://", schemes.join("://, ")), raw))
+            Err(ConfigError::new(
+                name,
+                format!("a URL starting with {}://", schemes.join("://, ")),
+                redact_url(&raw),
+            ))
         }
     }
 
@@ -173,6 +177,16 @@ impl<'a> Env<'a> {
             Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
             Some(v) => Err(ConfigError::new(name, "true or false", v)),
         }
+    }
+}
+
+/// Hides the password in a URL (`amqp://guest:***@host`) before it is printed or logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -243,6 +257,19 @@ mod tests {
         let requested: Vec<String> = recording.requested().into_iter().collect();
         assert_eq!(requested, ["FLAG", "LISTEN_ADDR", "MISSING"]);
         assert_eq!(recording.into_inner().len(), 2, "the inner source is untouched");
+    }
+
+    #[test]
+    fn passwords_never_reach_an_error_message() {
+        let source = env_of(&[("AMQP_URL", "amqq://user:s3cret@broker:5672/%2f")]);
+        let err = Env::new(&source).url("AMQP_URL", "", &["amqp"]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     #[test]

@@ -27,7 +27,11 @@ impl DatabaseConfig {
             &["postgres", "postgresql"],
         )?;
         if PgConnectOptions::from_str(&url).is_err() {
-            return Err(ConfigError::new("DATABASE_URL", "a valid postgres:// URL", url));
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "a valid postgres:// URL",
+                crate::config::redact_url(&url),
+            ));
         }
         Ok(Self {
             url,

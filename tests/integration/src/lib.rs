@@ -1,20 +1,32 @@
-//! Test harness: runs TicketFlow services in-process on free ports, each test with its own databases,
-//! Redis key prefix and RabbitMQ exchange/queue names, so tests run in parallel without colliding.
+//! Test harness: runs TicketFlow services in-process on free ports, or as their real binaries
+//! ([`BinaryStack`]), each test with its own databases, Redis key prefix and RabbitMQ exchange/queue
+//! names, so tests run in parallel without colliding.
 //!
 //! Infrastructure comes from the same variables the services read (`TEST_POSTGRES_URL`,
 //! `TEST_REDIS_URL`, `TEST_AMQP_URL`), defaulting to the local servers.
 
 use std::sync::Once;
 
+pub mod binaries;
+pub mod broker;
 pub mod db;
+pub mod graphql;
+pub mod inflight;
 pub mod names;
+pub mod process;
 pub mod proxy;
 pub mod service;
+pub mod stack;
 
+pub use broker::BrokerLeftovers;
 pub use db::TestDatabase;
+pub use graphql::GraphqlClient;
+pub use inflight::HalfSentRequest;
 pub use names::TestNames;
+pub use process::ServiceProcess;
 pub use proxy::TcpProxy;
 pub use service::RunningService;
+pub use stack::BinaryStack;
 
 /// Postgres server the tests create their databases on (any database name in it is replaced).
 pub fn postgres_url() -> String {

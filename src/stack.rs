@@ -78,9 +78,12 @@ impl Stack {
             services.into_iter().map(|s| (s.name, s.task)).unzip();
 
         let first_exit = select_all(tasks.iter_mut());
+        // Biased, and the exit re-checked: a service finishing *because* of the shutdown signal is
+        // not a failure, even when its exit is seen in the same poll as the signal.
         let exited = tokio::select! {
+            biased;
             () = shutdown.cancelled() => None,
-            (joined, index, _) = first_exit => Some((index, joined)),
+            (joined, index, _) = first_exit => (!shutdown.is_cancelled()).then_some((index, joined)),
         };
         let mut failure = None;
         if let Some((index, joined)) = exited {

@@ -60,6 +60,20 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Span ids for every span; exported over OTLP only when an endpoint is configured.
+fn tracer_provider(config: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
+    let resource =
+        opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter =
+            opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -75,21 +89,40 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             .boxed(),
     };
 
-    let provider = match &config.otlp_endpoint {
-        None => None,
-        Some(endpoint) => {
-            use opentelemetry_otlp::WithExportConfig;
-            let exporter =
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
-            let resource =
-                opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
-            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
-        }
-    };
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()))
-    });
+    // The OpenTelemetry layer runs even without an exporter: it is what gives spans W3C trace and span
+    // ids, so `traceparent` is propagated across HTTP, gRPC and AMQP whether or not spans are exported.
+    let provider = tracer_provider(config)?;
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(config.service_name.clone()));
 
     tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer).try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider: Some(provider) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_carry_a_w3c_trace_context_without_an_exporter() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let config = TelemetryConfig {
+            service_name: "test".into(),
+            format: LogFormat::Json,
+            filter: "info".into(),
+            otlp_endpoint: None,
+        };
+        let provider = tracer_provider(&config).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            let _entered = span.enter();
+            let headers = crate::trace_context::current_headers();
+            let traceparent = headers.get("traceparent").cloned().unwrap_or_default();
+            assert!(
+                traceparent.starts_with("00-") && !traceparent.contains("00000000000000000000000000000000"),
+                "{traceparent:?}"
+            );
+        });
+    }
 }

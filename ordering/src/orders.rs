@@ -302,19 +302,18 @@ impl Orders {
         }
     }
 
-    /// `Pending | Confirmed → Cancelled`: release the seats in catalog, then record it.
+    /// `Pending | Confirmed → Cancelled`: record it (with its event), then give the seats back.
+    ///
+    /// The cancellation commits first. Releasing first would, if the commit then failed, leave a
+    /// paid order `Confirmed` while its seats were on sale again (sold twice). Committed first, the
+    /// worst case is seats kept off sale until the release succeeds: the buyer's cancel has
+    /// happened whatever catalog does, and the sweeper retries the release until catalog says the
+    /// seats are back ([`release_cancelled_seats`]). A buyer's confirm racing this cancel loses on
+    /// the version check; if it confirmed the hold in catalog meanwhile, the release (which also
+    /// releases confirmed holds) undoes that.
     pub async fn cancel(&self, buyer: &AuthUser, id: Uuid) -> Result<Order, Error> {
         let mut order = self.get(buyer.id, id).await?;
         order.status.transition(OrderStatus::Cancelled)?;
-        // Released first: if catalog is down nothing changes and the buyer can retry; releasing
-        // twice is harmless, and a hold that is released cannot be confirmed behind our back.
-        match self.catalog.release_reservation(Some(buyer.token.as_str()), id).await {
-            Ok(_) => {}
-            Err(CatalogError::NotFound) => {
-                tracing::warn!(order.id = %id, "catalog has no hold for this order")
-            }
-            Err(other) => return Err(catalog_error(other)),
-        }
         // Cancel is allowed from every live state, so a lost race only means trying again on the
         // fresh row; a bounded number of times, in case of a storm.
         for _ in 0..5 {
@@ -326,6 +325,9 @@ impl Orders {
             if let Some(cancelled) = changed {
                 metrics::counter!("orders_cancelled_total", "reason" => "buyer").increment(1);
                 tracing::info!(order.id = %id, order.previous_status = %order.status, "order cancelled");
+                // Best effort here; on failure the sweeper owes catalog this release.
+                let _ =
+                    release_cancelled_seats(&self.db, &self.catalog, Some(buyer.token.as_str()), id).await;
                 if let Some(payment) = cancelled.payment_id.clone() {
                     self.refund(id, &PaymentId(payment)).await;
                 }
@@ -351,6 +353,46 @@ fn catalog_error(error: CatalogError) -> Error {
         CatalogError::Unavailable(_) => Error::Unavailable("the catalog"),
         other => Error::Internal(other.into()),
     }
+}
+
+/// Gives a cancelled order's seats back to sale in catalog and records that catalog did
+/// (`seats_released_at`). Idempotent: catalog answers a repeated release with the released hold.
+/// An error means the seats may still be held; the sweeper calls this again later.
+pub async fn release_cancelled_seats(
+    db: &PgPool,
+    catalog: &Catalog,
+    token: Option<&str>,
+    order_id: Uuid,
+) -> Result<(), CatalogError> {
+    match catalog.release_reservation(token, order_id).await {
+        Ok(hold) if matches!(hold.state, HoldState::Released | HoldState::Expired) => {}
+        Ok(hold) => {
+            tracing::warn!(order.id = %order_id, hold.state = ?hold.state, "catalog still holds a cancelled order's seats");
+            return Err(CatalogError::Refused(
+                tonic::Code::Internal,
+                format!("release answered a hold that is {:?}", hold.state),
+            ));
+        }
+        // Nothing held, so nothing to give back.
+        Err(CatalogError::NotFound) => {
+            tracing::warn!(order.id = %order_id, "catalog has no hold for this cancelled order")
+        }
+        Err(error) => {
+            tracing::warn!(order.id = %order_id, %error, "could not release a cancelled order's seats; the sweeper retries");
+            return Err(error);
+        }
+    }
+    let marked = sqlx::query(
+        "UPDATE orders SET seats_released_at = clock_timestamp() WHERE id = $1 AND seats_released_at IS NULL",
+    )
+    .bind(order_id)
+    .execute(db)
+    .await;
+    if let Err(error) = marked {
+        // The seats are back; the sweeper will release again (a no-op) and mark it then.
+        tracing::warn!(order.id = %order_id, %error, "could not record that the seats were released");
+    }
+    Ok(())
 }
 
 /// The order `id` if `buyer_id` placed it: ownership is part of the query, not a check after it.

@@ -68,7 +68,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// `OUTBOX_BATCH_SIZE`, default 100: rows claimed and published per round trip.
     pub batch_size: i64,
-    /// `OUTBOX_CONFIRM_TIMEOUT_MS`, default 5000: how long a batch waits for the broker's confirms.
+    /// `OUTBOX_CONFIRM_TIMEOUT_MS`, default 5000: how long a batch may take to be published and
+    /// confirmed (its rows stay locked meanwhile); also the limit on connecting to the broker.
     pub confirm_timeout: Duration,
     /// `OUTBOX_RECONNECT_MAX_SECS`, default 10: the longest pause between reconnection attempts.
     pub reconnect_max: Duration,

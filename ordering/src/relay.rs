@@ -2,8 +2,10 @@
 //!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED` (replicas share the work without publishing a row
 //! twice in the normal case), published as persistent messages on a confirm-mode channel, and marked
-//! `published_at` only after the broker acknowledged them. A broker that stops answering makes the
-//! batch fail under a timeout; the relay then drops the connection and reconnects with back-off,
+//! `published_at` only after the broker acknowledged them. A broker that stops answering, or blocks
+//! publishers (a memory or disk alarm: lapin then stops writing, and a publish never completes),
+//! makes the batch fail under one deadline for publishing and confirming it, so the row locks of a
+//! claimed batch last at most that long; the relay then drops the connection and reconnects with back-off,
 //! itself rather than through lapin's auto-recovery (which does not re-send a publish that failed
 //! during recovery). Unacknowledged rows stay unpublished and go out after the reconnect, so a row may
 //! be published twice but never zero times. The relay wakes on NOTIFY from the insert trigger, with
@@ -26,6 +28,9 @@ use uuid::Uuid;
 
 use crate::config::RelayConfig;
 use crate::outbox;
+
+/// How long the last publish at shutdown may take; what is left goes out on the next start.
+const FINAL_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Whether the relay holds a working broker connection, for `/health`.
 #[derive(Debug, Default)]
@@ -75,7 +80,8 @@ impl Relay {
         self.status.clone()
     }
 
-    /// Publishes until `shutdown`; a batch in flight is finished (or times out) first.
+    /// Publishes until `shutdown`. A batch in flight is finished (or times out) first, then what is
+    /// left is published for at most [`FINAL_DRAIN_DEADLINE`] (plus the batch then in flight).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut publisher: Option<Publisher> = None;
         let mut listener: Option<PgListener> = None;
@@ -88,12 +94,16 @@ impl Relay {
                 if let Some(old) = publisher.take() {
                     old.close().await;
                 }
-                publisher = self.connect().await;
+                publisher = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    connected = self.connect() => connected,
+                };
                 self.status.set_connected(publisher.is_some());
             }
             if let Some(connected) = &publisher {
-                match self.drain(connected).await {
-                    Ok(()) => backoff.reset(),
+                // A backlog is drained until shutdown, then the bounded final drain takes over.
+                match self.drain(connected, || !shutdown.is_cancelled()).await {
+                    Ok(_) => backoff.reset(),
                     Err(RelayError::Broker(error)) => {
                         tracing::warn!(%error, "publishing failed; reconnecting to the broker");
                         if let Some(broken) = publisher.take() {
@@ -136,11 +146,22 @@ impl Relay {
             }
         }
         if let Some(publisher) = publisher {
-            // Requests that finished during shutdown wrote events: publish them before leaving.
-            if publisher.is_connected()
-                && let Err(error) = self.drain(&publisher).await
-            {
-                tracing::warn!(%error, "final outbox drain failed; the next start publishes the rest");
+            // Requests that finished during shutdown wrote events: publish them before leaving, for
+            // a bounded time (a backlog or a stuck broker must not hold up the shutdown).
+            if publisher.is_connected() {
+                // No batch is cut short (that would publish its rows again on the next start); new
+                // ones stop once the deadline has passed.
+                let deadline = tokio::time::Instant::now() + FINAL_DRAIN_DEADLINE;
+                match self.drain(&publisher, || tokio::time::Instant::now() < deadline).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        deadline_secs = FINAL_DRAIN_DEADLINE.as_secs(),
+                        "final outbox drain ran out of time; the next start publishes the rest"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "final outbox drain failed; the next start publishes the rest")
+                    }
+                }
             }
             publisher.close().await;
         }
@@ -185,18 +206,23 @@ impl Relay {
         }
     }
 
-    /// Publishes batches until the outbox is empty.
-    async fn drain(&self, publisher: &Publisher) -> Result<(), RelayError> {
+    /// Publishes batches until the outbox is empty (`Ok(true)`), or until `keep_going` says stop
+    /// (`Ok(false)`; checked between batches, so a batch is never cut short).
+    async fn drain(&self, publisher: &Publisher, keep_going: impl Fn() -> bool) -> Result<bool, RelayError> {
         loop {
             let published = self.publish_batch(publisher).await?;
             if published < usize::try_from(self.config.batch_size).unwrap_or(usize::MAX) {
-                return Ok(());
+                return Ok(true);
+            }
+            if !keep_going() {
+                return Ok(false);
             }
         }
     }
 
     /// Claims up to a batch of rows, publishes them and marks the acknowledged ones; returns how many
-    /// rows were claimed. The claim (row locks) lasts only as long as the publish.
+    /// rows were claimed. The claim (row locks) lasts only as long as the publish, which has one
+    /// deadline (`confirm_timeout`) for every publish and every confirm of the batch.
     async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
         let mut tx = self.db.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
@@ -212,18 +238,22 @@ impl Relay {
         }
 
         // Publish the whole batch, then wait for the confirms: one round trip, not one per row.
+        let deadline = tokio::time::Instant::now() + self.config.confirm_timeout;
         let mut pending = Vec::with_capacity(rows.len());
         let mut failure = None;
         for row in &rows {
-            match publisher.publish(row).await {
-                Ok(confirm) => pending.push((row.id, confirm)),
-                Err(error) => {
+            match tokio::time::timeout_at(deadline, publisher.publish(row)).await {
+                Ok(Ok(confirm)) => pending.push((row.id, confirm)),
+                Ok(Err(error)) => {
                     failure = Some(error);
+                    break;
+                }
+                Err(_) => {
+                    failure = Some("the broker took no publish in time (blocked or unreachable)".to_owned());
                     break;
                 }
             }
         }
-        let deadline = tokio::time::Instant::now() + self.config.confirm_timeout;
         let mut acked = Vec::with_capacity(pending.len());
         for (id, confirm) in pending {
             match tokio::time::timeout_at(deadline, confirm).await {

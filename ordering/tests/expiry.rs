@@ -52,7 +52,18 @@ async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
         placed.insert(answer.json["id"].as_str().expect("id").to_owned());
     }
     stack.wait_available(concert, 88).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE hold_expires_at > now()")
+            .fetch_one(&stack.orders_db)
+            .await
+            .expect("count live holds");
+        if live == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{live} holds never lapsed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let catalog_config = ordering::config::CatalogConfig {
         url: format!("http://{}", stack.catalog_grpc),

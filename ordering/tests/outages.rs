@@ -1,5 +1,7 @@
-//! Ordering when a dependency goes away: catalog (fail fast, write nothing) and the broker (keep
-//! taking orders, publish every event once it is back). Each outage is a proxy cut for one test only.
+//! Ordering when a dependency goes away: catalog (fail fast, write nothing; a cancel still
+//! succeeds and its seats come back later) and the broker (keep taking orders, publish every event
+//! once it is back; a stuck broker holds neither locks nor shutdown). Each outage is a proxy between
+//! one test's services, so the shared servers stay up for every other test.
 
 mod support;
 
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use platform::events::OrderEventType;
 use reqwest::StatusCode;
+use support::broker_link::Flow;
 use uuid::Uuid;
 
 #[tokio::test]
@@ -114,14 +117,15 @@ async fn orders_placed_while_the_broker_is_unreachable_are_all_announced_once_it
 
 #[tokio::test]
 async fn the_broker_dropping_the_relay_mid_stream_loses_no_event() {
-    let stack = support::spawn().await;
+    let stack = support::spawn_with(support::Options { broker_via_proxy: true, ..Default::default() }).await;
     let mut events = stack.events().await;
     let buyer = stack.buyer("ada").await;
     let concert = stack.concert(100).await;
     stack.wait_broker_connected().await;
+    let link = stack.broker_proxy.as_ref().expect("broker link");
 
-    // Orders keep coming, a few every 50 ms for about 3 s, while the broker closes the relay's
-    // connection twice (as on a restart): publishes are in flight when it goes.
+    // Orders keep coming, a few every 50 ms for about 3 s, while the relay's connection is dropped
+    // twice (as on a broker restart): publishes are in flight when it goes.
     const N: usize = 60;
     let place_all = async {
         let mut answers = Vec::new();
@@ -134,15 +138,20 @@ async fn the_broker_dropping_the_relay_mid_stream_loses_no_event() {
         }
         answers
     };
-    let close_twice = async {
-        let mut closed = stack.broker_closes_relay_connection().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stack.wait_broker_connected().await;
-        closed += stack.broker_closes_relay_connection().await;
-        closed
+    let drop_twice = async {
+        for _ in 0..2 {
+            // Drop the connection once it has published something, so it goes mid-stream.
+            let (connections, before) = (link.connections_carried(), published(&stack).await);
+            wait_until("the relay publishes on its connection", || async {
+                published(&stack).await > before
+            })
+            .await;
+            link.cut();
+            link.restore();
+            wait_until("the relay reconnects", || async { link.connections_carried() > connections }).await;
+        }
     };
-    let (answers, closed) = tokio::join!(place_all, close_twice);
-    assert!(closed >= 1, "the relay had a connection to close");
+    let (answers, ()) = tokio::join!(place_all, drop_twice);
     let mut placed = HashSet::new();
     for answer in &answers {
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
@@ -159,4 +168,145 @@ async fn the_broker_dropping_the_relay_mid_stream_loses_no_event() {
         announced.insert(received.event.order_id);
     }
     assert_eq!(announced, placed);
+    assert!(link.connections_carried() >= 3, "the relay reconnected after each drop");
+}
+
+#[tokio::test]
+async fn cancelling_a_paid_order_while_catalog_is_unreachable_cancels_it_and_gives_the_seats_back_later() {
+    let stack = support::spawn_with(support::Options { catalog_via_proxy: true, ..Default::default() }).await;
+    let mut events = stack.events().await;
+    let buyer = stack.buyer("ada").await;
+    let concert = stack.concert(10).await;
+    let placed = stack.place(&buyer, "paid", concert, 2).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.text);
+    let id = placed.json["id"].as_str().expect("order id").to_owned();
+    let confirmed = stack.confirm(&buyer, &id, "tok_visa").await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text);
+    assert_eq!(events.expect().await.event.kind, OrderEventType::Created);
+    assert_eq!(events.expect().await.event.kind, OrderEventType::Confirmed);
+    stack.wait_available(concert, 8).await;
+
+    let proxy = stack.catalog_proxy.as_ref().expect("catalog proxy");
+    proxy.cut();
+    let cancelled = stack.cancel(&buyer, &id).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "the cancel does not depend on catalog: {}", cancelled.text);
+    assert_eq!(cancelled.json["status"], "Cancelled");
+    let event = events.expect().await;
+    assert_eq!((event.event.kind, event.event.reason.as_deref()), (OrderEventType::Cancelled, Some("buyer")));
+    assert_eq!(stack.get(&buyer, &format!("/orders/{id}")).await.json["status"], "Cancelled");
+    // Catalog has not heard of it: the seats stay off sale (never on sale twice), and ordering
+    // remembers that it owes catalog the release.
+    assert_eq!(stack.available(concert).await, 8);
+    assert_eq!(stack.owed_seat_releases().await, 1);
+
+    proxy.restore();
+    stack.wait_available(concert, 10).await;
+    wait_until("the release is recorded", || async { stack.owed_seat_releases().await == 0 }).await;
+    assert!(events.next(Duration::from_millis(500)).await.is_none(), "cancelled once, announced once");
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_taking_publishes_neither_holds_the_outbox_locked_nor_stalls_shutdown() {
+    let stack = support::spawn_with(support::Options { broker_via_proxy: true, ..Default::default() }).await;
+    stack.wait_broker_connected().await;
+    let link = stack.broker_proxy.as_ref().expect("broker link");
+
+    // The broker stops reading (as under a memory alarm, which blocks publishers). Events bigger
+    // than every socket buffer on the way make the publish itself block, not only its confirm.
+    link.set_flow(Flow::Stalled);
+    const ROWS: i64 = 24;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload)
+         SELECT gen_random_uuid(), 'test.padding', jsonb_build_object('padding', repeat('x', 512 * 1024))
+         FROM generate_series(1, $1)",
+    )
+    .bind(ROWS)
+    .execute(&stack.orders_db)
+    .await
+    .expect("insert a backlog of large events");
+    wait_until("the relay claims the backlog", || async { lockable_rows(&stack).await < ROWS }).await;
+
+    // It gives up within its publish timeout (3 s here): the rows are free for another replica
+    // and /health says the broker is away.
+    let stuck = Instant::now();
+    wait_until("the relay lets go of the backlog", || async { lockable_rows(&stack).await == ROWS }).await;
+    wait_until("/health reports the broker", || async {
+        stack.health().await["checks"]["rabbitmq"]["status"] != "healthy"
+    })
+    .await;
+    assert!(stuck.elapsed() < Duration::from_secs(20), "rows locked for {:?}", stuck.elapsed());
+
+    // Nor does shutdown wait for the broker (RunningService::stop allows 10 s).
+    let ordering = stack.ordering;
+    ordering.stop().await.expect("ordering stops while the broker takes nothing");
+    assert_eq!(unpublished(&stack.orders_db).await, ROWS, "nothing was marked published");
+}
+
+#[tokio::test]
+async fn shutdown_publishes_a_backlog_for_a_bounded_time_and_leaves_the_rest_for_the_next_start() {
+    let stack = support::spawn_with(support::Options { broker_via_proxy: true, ..Default::default() }).await;
+    stack.wait_broker_connected().await;
+    let link = stack.broker_proxy.as_ref().expect("broker link");
+
+    // A slow broker link: each batch of 100 takes at least 100 ms (publishes one way, confirms the
+    // other), so this backlog needs well over 30 s.
+    link.set_flow(Flow::Slow(Duration::from_millis(50)));
+    const ROWS: i64 = 30_000;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload)
+         SELECT gen_random_uuid(), 'test.backlog', jsonb_build_object('n', n) FROM generate_series(1, $1) n",
+    )
+    .bind(ROWS)
+    .execute(&stack.orders_db)
+    .await
+    .expect("insert a backlog");
+    wait_until("the relay starts on the backlog", || async { unpublished(&stack.orders_db).await < ROWS })
+        .await;
+
+    // The relay finishes its batch in flight, then drains for at most 5 s more.
+    let ordering = stack.ordering;
+    ordering.stop().await.expect("ordering stops within 10 s despite the backlog");
+    let left = unpublished(&stack.orders_db).await;
+    assert!(left > 0, "the drain was bounded, so part of the backlog waits for the next start");
+}
+
+/// Unpublished outbox rows that nobody holds locked right now.
+async fn lockable_rows(stack: &support::Stack) -> i64 {
+    let mut tx = stack.orders_db.begin().await.expect("begin");
+    let count = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT id FROM outbox WHERE published_at IS NULL FOR UPDATE SKIP LOCKED) free",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("count lockable rows");
+    tx.rollback().await.expect("rollback");
+    count
+}
+
+async fn unpublished(db: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(db)
+        .await
+        .expect("count unpublished")
+}
+
+/// Outbox rows the relay has published so far.
+async fn published(stack: &support::Stack) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+        .fetch_one(&stack.orders_db)
+        .await
+        .expect("count published")
+}
+
+/// Polls `condition` every 50 ms for up to 30 s.
+async fn wait_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,7 +1,10 @@
 //! Starts identity, catalog and ordering in-process for one test, each with its own database, Redis
 //! prefix, exchange and queue, and gives the test buyers (registered and logged in through identity's
 //! REST API), concerts (created through catalog's admin RPC) and the events ordering publishes.
+//! The test's exchange and queue are deleted when its stack goes.
 #![allow(dead_code)] // each test file uses a different part of this module
+
+pub mod broker_link;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use integration::{RunningService, TcpProxy, TestDatabase, TestNames};
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -21,9 +25,16 @@ use proto::catalog::v1::catalog_client::CatalogClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::support::broker_link::BrokerLink;
+
+/// Each service's pool: small, so that parallel tests' stacks stay well under Postgres's 100
+/// connections (three services per stack, two stacks at a time).
+const SERVICE_POOL_SIZE: &str = "4";
 
 /// What a test may change; the rest is the test default.
 pub struct Options {
@@ -31,8 +42,10 @@ pub struct Options {
     pub sweep_interval_secs: f64,
     /// Put a [`TcpProxy`] between ordering and catalog's gRPC port.
     pub catalog_via_proxy: bool,
-    /// Put a [`TcpProxy`] between ordering and RabbitMQ.
+    /// Put a [`BrokerLink`] between ordering and RabbitMQ.
     pub broker_via_proxy: bool,
+    /// `OUTBOX_CONFIRM_TIMEOUT_MS`: how long the relay gives one batch.
+    pub publish_timeout_ms: u64,
 }
 
 impl Default for Options {
@@ -42,12 +55,16 @@ impl Default for Options {
             sweep_interval_secs: 0.2,
             catalog_via_proxy: false,
             broker_via_proxy: false,
+            publish_timeout_ms: 3000,
         }
     }
 }
 
 /// The three services of one test, and what it needs to drive and observe them.
 pub struct Stack {
+    /// First, so it runs first: it deletes the test's exchange and queue while nothing can
+    /// re-declare them (dropping blocks the test's runtime, so the services are not running).
+    _broker_cleanup: BrokerCleanup,
     pub names: TestNames,
     pub http: reqwest::Client,
     pub ordering_url: String,
@@ -59,7 +76,7 @@ pub struct Stack {
     catalog_client: CatalogClient<tonic::transport::Channel>,
     admin_token: String,
     pub catalog_proxy: Option<TcpProxy>,
-    pub broker_proxy: Option<TcpProxy>,
+    pub broker_proxy: Option<BrokerLink>,
     // Declaration order is drop order: services stop before their databases are dropped.
     pub ordering: RunningService,
     catalog: RunningService,
@@ -93,8 +110,11 @@ pub async fn spawn_with(options: Options) -> Stack {
     let names = TestNames::new();
 
     let identity_db = TestDatabase::create(&names.database("identity")).await.expect("identity database");
-    let vars =
-        HashMap::from([("DATABASE_URL", identity_db.url.clone()), ("LISTEN_ADDR", "127.0.0.1:0".to_owned())]);
+    let vars = HashMap::from([
+        ("DATABASE_URL", identity_db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+    ]);
     let config = identity::Config::from_env(&Env::new(&vars)).expect("identity configuration");
     let app = identity::App::build(config).await.expect("identity builds");
     let identity = start("identity", app.http_addr(), |token| app.run(token)).await;
@@ -103,6 +123,7 @@ pub async fn spawn_with(options: Options) -> Stack {
     let catalog_db = TestDatabase::create(&names.database("catalog")).await.expect("catalog database");
     let vars = HashMap::from([
         ("DATABASE_URL", catalog_db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("REDIS_URL", integration::redis_url()),
@@ -123,11 +144,8 @@ pub async fn spawn_with(options: Options) -> Stack {
         None
     };
     let catalog_target = catalog_proxy.as_ref().map_or(catalog_grpc, |p| p.addr);
-    let broker_proxy = if options.broker_via_proxy {
-        Some(TcpProxy::start(broker_addr()).await.expect("broker proxy"))
-    } else {
-        None
-    };
+    let broker_proxy =
+        if options.broker_via_proxy { Some(BrokerLink::start(broker_addr()).await) } else { None };
     let amqp_url = match &broker_proxy {
         Some(proxy) => format!("amqp://guest:guest@{}/%2f", proxy.addr),
         None => integration::amqp_url(),
@@ -136,6 +154,7 @@ pub async fn spawn_with(options: Options) -> Stack {
     let ordering_db = TestDatabase::create(&names.database("ordering")).await.expect("ordering database");
     let vars = HashMap::from([
         ("DATABASE_URL", ordering_db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("CATALOG_GRPC_URL", format!("http://{catalog_target}")),
@@ -145,7 +164,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("AMQP_URL", amqp_url),
         ("EVENTS_EXCHANGE", names.exchange()),
         ("OUTBOX_RECONNECT_MAX_SECS", "1".to_owned()),
-        ("OUTBOX_CONFIRM_TIMEOUT_MS", "3000".to_owned()),
+        ("OUTBOX_CONFIRM_TIMEOUT_MS", options.publish_timeout_ms.to_string()),
         ("HOLD_SECONDS", options.hold_seconds.to_string()),
         ("SWEEP_INTERVAL_SECS", options.sweep_interval_secs.to_string()),
         ("IDEMPOTENCY_WAIT_MS", "20000".to_owned()),
@@ -157,9 +176,17 @@ pub async fn spawn_with(options: Options) -> Stack {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
     let catalog_client =
         CatalogClient::connect(format!("http://{catalog_grpc}")).await.expect("connect to catalog");
-    let orders_db = PgPool::connect(&ordering_db.url).await.expect("connect to the ordering database");
+    let orders_db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&ordering_db.url)
+        .await
+        .expect("connect to the ordering database");
 
     let mut stack = Stack {
+        _broker_cleanup: BrokerCleanup {
+            exchange: names.exchange(),
+            queues: vec![names.queue(EVENTS_QUEUE)],
+        },
         names,
         http,
         ordering_url: ordering.http_url(),
@@ -329,35 +356,24 @@ impl Stack {
         }
     }
 
-    /// Has the broker close the relay's connection, the way a broker restart does (connection.close
-    /// from the server), without touching anyone else's connections; returns how many it closed.
-    pub async fn broker_closes_relay_connection(&self) -> usize {
-        let marker = format!("ticketflow-ordering-outbox {}", self.names.exchange());
-        let listed = tokio::process::Command::new("rabbitmqctl")
-            .args(["-q", "--no-table-headers", "list_connections", "pid", "client_properties"])
-            .output()
-            .await
-            .expect("rabbitmqctl runs (the test needs the local RabbitMQ's CLI)");
-        let listing = String::from_utf8_lossy(&listed.stdout);
-        let mut closed = 0;
-        for line in listing.lines().filter(|line| line.contains(&marker)) {
-            let pid = line.split('\t').next().unwrap_or_default();
-            let status = tokio::process::Command::new("rabbitmqctl")
-                .args(["-q", "close_connection", pid, "simulated broker restart"])
-                .status()
-                .await
-                .expect("rabbitmqctl close_connection");
-            assert!(status.success(), "closing {pid}");
-            closed += 1;
-        }
-        closed
+    /// Cancelled orders whose seats catalog has not yet confirmed as released.
+    pub async fn owed_seat_releases(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM orders WHERE status = 'Cancelled' AND seats_released_at IS NULL",
+        )
+        .fetch_one(&self.orders_db)
+        .await
+        .expect("count owed releases")
     }
 
     /// A queue bound to this test's exchange with `order.*`, to read ordering's events back.
     pub async fn events(&self) -> Events {
-        Events::bind(&self.names.exchange(), &self.names.queue("ordering-events")).await
+        Events::bind(&self.names.exchange(), &self.names.queue(EVENTS_QUEUE)).await
     }
 }
+
+/// The test's queue of ordering's events (see [`Stack::events`]).
+const EVENTS_QUEUE: &str = "ordering-events";
 
 pub async fn answer(request: reqwest::RequestBuilder) -> Answer {
     let response = request.send().await.expect("request reaches ordering");
@@ -382,7 +398,6 @@ pub struct Received {
 /// The events ordering published to this test's exchange.
 pub struct Events {
     receiver: mpsc::UnboundedReceiver<Received>,
-    exchange: String,
     _connection: Connection,
 }
 
@@ -452,7 +467,7 @@ impl Events {
                 }
             }
         });
-        Self { receiver, exchange: exchange.to_owned(), _connection: connection }
+        Self { receiver, _connection: connection }
     }
 
     /// The next event, waiting up to `within`.
@@ -475,18 +490,30 @@ impl Events {
     }
 }
 
-impl Drop for Events {
+/// Deletes a test's exchange and queues when dropped.
+struct BrokerCleanup {
+    exchange: String,
+    queues: Vec<String>,
+}
+
+impl Drop for BrokerCleanup {
     fn drop(&mut self) {
-        // The exchange is durable (as in production) and named for this test alone: delete it. The
-        // test's runtime cannot be blocked on, so a short-lived one on its own thread does it.
-        let exchange = self.exchange.clone();
+        // The exchange is durable (as in production) and named for this test alone. The test's
+        // runtime cannot be blocked on, so a short-lived one on its own thread does the deleting.
+        let (exchange, queues) = (self.exchange.clone(), std::mem::take(&mut self.queues));
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let connection =
                     Connection::connect(&integration::amqp_url(), ConnectionProperties::default()).await?;
+                // A failed delete closes its channel, so each gets its own.
+                for queue in &queues {
+                    let channel = connection.create_channel().await?;
+                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                }
                 let channel = connection.create_channel().await?;
-                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+                let _ =
+                    channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
                 connection.close(200, "bye".into()).await
             })?;
             Ok::<_, anyhow::Error>(())

@@ -41,9 +41,13 @@ pub enum OrderStatus {
 }
 
 /// `{eventId, type, occurredAt, orderId, buyerId, buyerEmail, concertId, quantity, totalCents,
-/// currency, status, reason?}`; AMQP `message_id` carries `eventId`.
+/// currency, status, reason?}` plus the additive `holdExpiresAt?`; AMQP `message_id` carries `eventId`.
+///
+/// Consumers are tolerant readers: fields they do not know are ignored, so a producer can add an
+/// optional field during a rolling deploy without every consumer dead-lettering every event. The
+/// fields listed here stay strict (present where required, of the right type and value set).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OrderEvent {
     pub event_id: Uuid,
     #[serde(rename = "type")]
@@ -60,7 +64,8 @@ pub struct OrderEvent {
     /// Why an order was cancelled (`buyer`, `expired`, ...); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// When an unconfirmed hold lapses; present on `order.created`.
+    /// When an unconfirmed hold lapses. Ordering sets it on `order.created`; it is not in the
+    /// contract's event table, so consumers must cope without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_expires_at: Option<DateTime<Utc>>,
 }
@@ -69,9 +74,8 @@ pub struct OrderEvent {
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_use_the_contract_field_names() {
-        let event = OrderEvent {
+    fn cancelled() -> OrderEvent {
+        OrderEvent {
             event_id: Uuid::nil(),
             kind: OrderEventType::Cancelled,
             occurred_at: DateTime::UNIX_EPOCH,
@@ -85,7 +89,12 @@ mod tests {
             status: OrderStatus::Cancelled,
             reason: Some("expired".into()),
             hold_expires_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn events_use_the_contract_field_names() {
+        let event = cancelled();
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "order.cancelled");
         assert_eq!(json["status"], "Cancelled");
@@ -94,5 +103,36 @@ mod tests {
         assert!(json.get("holdExpiresAt").is_none());
         let back: OrderEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn fields_added_by_a_newer_producer_are_ignored() {
+        let mut json = serde_json::to_value(cancelled()).unwrap();
+        json["refundCents"] = serde_json::json!(9000);
+        json["seats"] = serde_json::json!([{"row": "A", "seat": 12}]);
+        let event: OrderEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(event, cancelled());
+    }
+
+    #[test]
+    fn the_fields_we_read_stay_strict() {
+        let valid = serde_json::to_value(cancelled()).unwrap();
+        for (field, value) in [
+            ("eventId", serde_json::json!("not-a-uuid")),
+            ("type", serde_json::json!("order.shipped")),
+            ("status", serde_json::json!("cancelled")),
+            ("quantity", serde_json::json!(-1)),
+            ("totalCents", serde_json::json!("9000")),
+            ("occurredAt", serde_json::json!("yesterday")),
+        ] {
+            let mut json = valid.clone();
+            json[field] = value;
+            assert!(serde_json::from_value::<OrderEvent>(json).is_err(), "{field}");
+        }
+        for required in ["eventId", "type", "orderId", "buyerEmail", "quantity", "currency", "status"] {
+            let mut json = valid.clone();
+            json.as_object_mut().unwrap().remove(required);
+            assert!(serde_json::from_value::<OrderEvent>(json).is_err(), "{required} is required");
+        }
     }
 }

@@ -16,7 +16,9 @@ pub struct Config {
     /// The worker's durable queue; its dead-letter queue is `<queue>.dlq`, its retry queues
     /// `<queue>.retry.<n>`.
     pub queue: String,
-    /// Unacknowledged deliveries the broker may hand over at once; also the processing concurrency.
+    /// Unacknowledged deliveries the broker may hand over at once. Processing concurrency is this,
+    /// capped by what the database pool can serve ([`Config::concurrency`]); the rest wait in the
+    /// consumer's buffer, where no timeout runs.
     pub prefetch: u16,
     /// Deliveries of one event before a transient failure sends it to the dead-letter queue.
     pub max_attempts: u32,
@@ -27,6 +29,10 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// Mail through SMTP when set; otherwise every notification is written to the log.
     pub smtp: Option<SmtpConfig>,
+    /// Bounds one send, whatever the sender: a hung mail server costs a retry, not a stuck
+    /// delivery holding a database connection. Keep it below `shutdown_timeout`, so a send started
+    /// just before shutdown still finishes and is acked.
+    pub send_timeout: Duration,
     /// How long shutdown waits for in-flight deliveries before leaving them to the broker.
     pub shutdown_timeout: Duration,
 }
@@ -44,13 +50,28 @@ const DEFAULT_RETRY_DELAYS: &str = "1,5,30";
 impl Config {
     /// `AMQP_URL`, `EVENTS_EXCHANGE`, `NOTIFICATIONS_QUEUE`, `PREFETCH` (32), `MAX_ATTEMPTS` (6),
     /// `RETRY_DELAYS` (comma-separated seconds, `1,5,30`), `DATABASE_URL` (+ the pool settings of
-    /// [`DatabaseConfig`]), `LISTEN_ADDR` (`0.0.0.0:8084`), `SMTP_URL` (unset: log sender),
-    /// `SMTP_FROM`, `SHUTDOWN_TIMEOUT_SECS` (20).
+    /// [`DatabaseConfig`]; `DATABASE_MAX_CONNECTIONS` at least 2), `LISTEN_ADDR` (`0.0.0.0:8084`),
+    /// `SMTP_URL` (unset: log sender), `SMTP_FROM`, `SEND_TIMEOUT_SECS` (15),
+    /// `SHUTDOWN_TIMEOUT_SECS` (20).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let smtp = match env.optional("SMTP_URL") {
             None => None,
             Some(url) => Some(SmtpConfig { url: smtp_url(&url)?, from: smtp_from(env)? }),
         };
+        let database = DatabaseConfig::from_env(env, "ticketflow_notifications")?;
+        // Each delivery holds one connection while it sends and `/health` needs one more: with a
+        // single connection the two would starve each other.
+        if database.max_connections < 2 {
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "at least 2 (one per concurrent delivery, plus one for /health)",
+                database.max_connections.to_string(),
+            ));
+        }
+        let send_timeout = env.seconds("SEND_TIMEOUT_SECS", Duration::from_secs(15))?;
+        if send_timeout.is_zero() {
+            return Err(ConfigError::new("SEND_TIMEOUT_SECS", "a positive number of seconds", "0"));
+        }
         Ok(Self {
             amqp_url: env.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", &["amqp", "amqps"])?,
             exchange: amqp_name(env, "EVENTS_EXCHANGE", platform::events::DEFAULT_EXCHANGE)?,
@@ -58,11 +79,24 @@ impl Config {
             prefetch: env.int_in("PREFETCH", 32, 1..=1000)?,
             max_attempts: env.int_in("MAX_ATTEMPTS", 6, 1..=100)?,
             retry_delays: retry_delays(env)?,
-            database: DatabaseConfig::from_env(env, "ticketflow_notifications")?,
+            database,
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8084")?,
             smtp,
+            send_timeout,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(20))?,
         })
+    }
+}
+
+impl Config {
+    /// How many deliveries are processed at once: the prefetch, capped at one less than the pool
+    /// size. Every delivery holds a connection for its whole record-and-send transaction, so more
+    /// would queue on the pool, time out after `DATABASE_ACQUIRE_TIMEOUT_SECS` and be retried (and
+    /// eventually dead-lettered) although nothing was wrong; the spare connection keeps `/health`
+    /// answering under load.
+    pub fn concurrency(&self) -> usize {
+        let pool_can_serve = usize::try_from(self.database.max_connections).unwrap_or(usize::MAX);
+        usize::from(self.prefetch).min(pool_can_serve.saturating_sub(1)).max(1)
     }
 }
 
@@ -158,6 +192,25 @@ mod tests {
         let error =
             parse(&[("SMTP_URL", "smtp://mail.example.com"), ("SMTP_FROM", "not a mailbox")]).unwrap_err();
         assert_eq!(error.name, "SMTP_FROM");
+    }
+
+    #[test]
+    fn concurrency_never_exceeds_what_the_pool_can_serve() {
+        let config = parse(&[]).unwrap();
+        assert_eq!((config.prefetch, config.database.max_connections), (32, 10));
+        assert_eq!(config.concurrency(), 9, "one connection stays free for /health");
+        assert_eq!(config.send_timeout, Duration::from_secs(15));
+
+        let config = parse(&[("PREFETCH", "4"), ("DATABASE_MAX_CONNECTIONS", "20")]).unwrap();
+        assert_eq!(config.concurrency(), 4, "the prefetch bounds it when the pool is larger");
+        let config = parse(&[("PREFETCH", "16"), ("DATABASE_MAX_CONNECTIONS", "2")]).unwrap();
+        assert_eq!(config.concurrency(), 1);
+
+        let error = parse(&[("DATABASE_MAX_CONNECTIONS", "1")]).unwrap_err();
+        assert_eq!(error.name, "DATABASE_MAX_CONNECTIONS");
+        assert!(error.to_string().contains("at least 2"), "{error}");
+        assert_eq!(parse(&[("SEND_TIMEOUT_SECS", "0")]).unwrap_err().name, "SEND_TIMEOUT_SECS");
+        assert_eq!(parse(&[("SEND_TIMEOUT_SECS", "0.5")]).unwrap().send_timeout, Duration::from_millis(500));
     }
 
     #[test]

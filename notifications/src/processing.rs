@@ -1,6 +1,8 @@
 //! Recording and sending one notification: at most one committed record per event id, and a send
 //! for every record.
 
+use std::time::Duration;
+
 use sqlx::PgPool;
 
 use crate::notification::Notification;
@@ -43,12 +45,17 @@ impl ProcessError {
 ///   the event is then sent again on redelivery (at least once). The SMTP sender uses the event id
 ///   as `Message-ID`, so that repeat is the same mail to the far end.
 ///
-/// The cost is a transaction held open for the length of the send, bounded by the SMTP timeout and
-/// the prefetch count.
+/// The cost is a connection and transaction held open for the length of the send. `send_timeout`
+/// bounds that time (a send that overruns it is a transient failure and rolls back), and the worker
+/// runs at most one delivery per pooled connection it can spare, so a slow mail server slows
+/// deliveries down instead of starving them of connections. Sending outside the transaction (claim
+/// a row, commit, send, stamp) would free the connection, but a claim needs a lease to survive a
+/// crash, and a lease that runs out during a slow send lets a concurrent copy send too.
 pub async fn record_and_send(
     pool: &PgPool,
     sender: &dyn Sender,
     notification: &Notification,
+    send_timeout: Duration,
 ) -> Result<Outcome, ProcessError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -73,8 +80,15 @@ pub async fn record_and_send(
         return Ok(Outcome::Duplicate);
     }
 
-    // On a send error `tx` is dropped here, which rolls the row back: the retry starts afresh.
-    sender.send(notification).await?;
+    // On a send error or timeout `tx` is dropped here, which rolls the row back: the retry starts
+    // afresh. A mail that went out just before the timeout is sent again then (at least once).
+    match tokio::time::timeout(send_timeout, sender.send(notification)).await {
+        Ok(sent) => sent?,
+        Err(_) => {
+            let error = format!("no answer from the sender within {send_timeout:?}");
+            return Err(SendError::Transient(error.into()).into());
+        }
+    }
 
     sqlx::query("UPDATE notifications SET sent_at = clock_timestamp() WHERE event_id = $1")
         .bind(notification.event_id)

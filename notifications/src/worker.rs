@@ -1,6 +1,7 @@
 //! Consuming order events: one broker connection supervised with back-off, deliveries processed
-//! concurrently up to the prefetch count, and each one settled (acked, scheduled for a retry, or
-//! dead-lettered) only after its outcome is recorded.
+//! concurrently up to [`Config::concurrency`](crate::Config::concurrency) (the prefetch, capped by
+//! the database pool), and each one settled (acked, scheduled for a retry, or dead-lettered) only
+//! after its outcome is recorded.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +62,10 @@ pub struct Worker {
     pub amqp_url: String,
     pub topology: Topology,
     pub prefetch: u16,
+    /// Deliveries processed at once; the others prefetched wait in the consumer's buffer.
+    pub concurrency: usize,
     pub max_attempts: u32,
+    pub send_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub pool: PgPool,
     pub sender: Arc<dyn Sender>,
@@ -171,10 +175,18 @@ impl Worker {
             .await?;
         self.broker.set(Some(connection.status().clone()));
         *consumed = true;
-        tracing::info!(queue = %self.topology.queue, prefetch = self.prefetch, "consuming order events");
+        tracing::info!(
+            queue = %self.topology.queue,
+            prefetch = self.prefetch,
+            concurrency = self.concurrency,
+            "consuming order events"
+        );
 
+        // Not taking the next delivery while `concurrency` are in flight is what keeps every task
+        // supplied with a database connection: deliveries beyond it wait unacked in the consumer's
+        // buffer (returned to the queue if the channel closes), not on the pool's acquire timeout.
         let mut in_flight = JoinSet::new();
-        let limit = usize::from(self.prefetch);
+        let limit = self.concurrency.max(1);
         let outcome = loop {
             tokio::select! {
                 biased;
@@ -255,7 +267,9 @@ impl Worker {
             Ok(notification) => notification,
             Err(invalid) => return Action::DeadLetter(invalid.into()),
         };
-        match processing::record_and_send(&self.pool, self.sender.as_ref(), &notification).await {
+        match processing::record_and_send(&self.pool, self.sender.as_ref(), &notification, self.send_timeout)
+            .await
+        {
             Ok(Outcome::Sent) => {
                 metrics::counter!("notifications_processed_total", "type" => notification.kind.as_str())
                     .increment(1);

@@ -27,7 +27,7 @@ pub enum DeadLetterReason {
     Malformed,
     /// An order event of a type this worker does not know.
     UnknownType,
-    /// A well-formed event that breaks the contract (no hold deadline, bad email, ...).
+    /// A well-formed event that breaks the contract (status not matching the type, bad email, ...).
     Invalid,
     /// Failed transiently on every attempt.
     MaxAttempts,
@@ -181,6 +181,16 @@ mod tests {
         let properties = json_properties().with_message_id(Uuid::from_u128(7).to_string().into());
         let event = decode(&body("order.confirmed"), &properties).unwrap();
         assert_eq!(event.event_id, Uuid::from_u128(7));
+    }
+
+    #[test]
+    fn fields_this_worker_does_not_know_are_ignored() {
+        let mut json: serde_json::Value = serde_json::from_slice(&body("order.confirmed")).unwrap();
+        json["loyaltyPoints"] = json!(120);
+        json["seats"] = json!([{"row": "A", "seat": 12}]);
+        let event = decode(json.to_string().as_bytes(), &json_properties()).unwrap();
+        assert_eq!(event.event_id, Uuid::from_u128(7));
+        assert_eq!(event.total_cents, 100);
     }
 
     #[test]

@@ -105,8 +105,6 @@ pub enum InvalidEvent {
     Total,
     #[error("currency must be a three-letter ISO 4217 code")]
     Currency,
-    #[error("order.created needs holdExpiresAt")]
-    MissingHoldDeadline,
     #[error("order.cancelled needs a reason")]
     MissingReason,
 }
@@ -132,15 +130,21 @@ pub fn render(event: &OrderEvent) -> Result<Notification, InvalidEvent> {
 
     let (kind, subject, body) = match event.kind {
         OrderEventType::Created => {
-            let deadline = event.hold_expires_at.ok_or(InvalidEvent::MissingHoldDeadline)?;
-            let deadline = deadline.format("%Y-%m-%d %H:%M UTC");
+            // `holdExpiresAt` is an optional extra beyond the contract: name the deadline when the
+            // producer sends it, and say the hold is limited otherwise.
+            let hold = match event.hold_expires_at {
+                Some(deadline) => format!(
+                    "Your seats are held until {}. Confirm your payment before then",
+                    deadline.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => "Your seats are held for a limited time. Confirm your payment soon".to_owned(),
+            };
             (
                 NotificationKind::OrderReceived,
                 "We received your order".to_owned(),
                 format!(
                     "We received your order {order} for {tickets} ({total}).\n\
-                     Your seats are held until {deadline}. Confirm your payment before then, \
-                     or the seats are released and the order is cancelled."
+                     {hold}, or the seats are released and the order is cancelled."
                 ),
             )
         }
@@ -240,6 +244,17 @@ mod tests {
     }
 
     #[test]
+    fn an_order_received_without_a_hold_deadline_is_still_told() {
+        let mut e = event(OrderEventType::Created);
+        e.hold_expires_at = None;
+        let n = render(&e).unwrap();
+        assert_eq!(n.kind, NotificationKind::OrderReceived);
+        assert!(!n.body.contains("held until"), "{}", n.body);
+        assert!(n.body.contains("held for a limited time"), "{}", n.body);
+        assert!(n.body.contains("2 tickets (EUR 90.50)"), "{}", n.body);
+    }
+
+    #[test]
     fn a_confirmation_tells_the_buyer_the_tickets_are_theirs() {
         let mut e = event(OrderEventType::Confirmed);
         e.quantity = 1;
@@ -263,10 +278,6 @@ mod tests {
 
     #[test]
     fn events_that_break_the_contract_are_refused() {
-        let mut e = event(OrderEventType::Created);
-        e.hold_expires_at = None;
-        assert_eq!(render(&e), Err(InvalidEvent::MissingHoldDeadline));
-
         let mut e = event(OrderEventType::Cancelled);
         e.reason = Some("  ".to_owned());
         assert_eq!(render(&e), Err(InvalidEvent::MissingReason));

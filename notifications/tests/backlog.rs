@@ -20,7 +20,7 @@ async fn publish_backlog(world: &World, count: usize) {
         confirms.push(world.publish_without_confirm(&order_event(kinds[i % kinds.len()])).await);
     }
     for confirm in confirms {
-        confirm.await.unwrap();
+        common::confirmed(confirm).await;
     }
 }
 
@@ -57,10 +57,11 @@ async fn a_worker_stopped_mid_backlog_finishes_what_it_started_and_the_next_one_
     let after_first = world.notification_rows().await;
     assert_eq!(world.inbox.sent().len() as i64, after_first, "everything sent was recorded");
     assert_eq!(
-        world.messages_in(&world.queue).await as i64,
+        world.messages_waiting().await as i64,
         EVENTS as i64 - after_first,
         "in-flight deliveries were acked, the rest returned to the queue"
     );
+    assert_eq!(world.messages_in(&world.topology().dead_letter_queue()).await, 0);
 
     let worker = world.start_worker().await;
     world.wait_for_rows(EVENTS as i64, Duration::from_secs(120)).await;

@@ -39,16 +39,21 @@ async fn an_event_arriving_while_the_database_is_down_is_retried_and_delivered_o
     let config = world.config_via(&integration::amqp_url(), &route_through(&world.db.url, proxy.addr).await);
     let worker = world.start_worker_with(config).await;
 
+    // The registry is per process; the other test in this file schedules no retries.
+    let retried_before = common::counter(&worker, "notifications_retried_total").await;
     proxy.cut();
     let event = order_event(OrderEventType::Created);
     world.publish(&event).await;
     wait_for_check(&worker, "postgres", "unhealthy").await;
     let (status, _) = health_of(&worker).await;
     assert_eq!(status, 503);
-    // Give the worker time to fail a few attempts while the database is unreachable.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until the worker has failed an attempt and scheduled a retry while the database is away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while common::counter(&worker, "notifications_retried_total").await < retried_before + 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no retry scheduled during the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(world.inbox.sent().is_empty(), "nothing can be sent before it is recorded");
-    assert!(common::counter(&worker, "notifications_retried_total").await >= 1.0);
 
     proxy.restore();
     world.wait_for_rows(1, Duration::from_secs(30)).await;
@@ -79,14 +84,14 @@ async fn losing_the_broker_connection_mid_stream_loses_nothing() {
             confirms.push(world.publish_without_confirm(&event).await);
         }
         for confirm in confirms {
-            confirm.await.unwrap();
+            common::confirmed(confirm).await;
         }
     };
     publish_batch(&world, 300).await;
     proxy.cut();
     publish_batch(&world, 200).await;
+    // Once the worker knows it is disconnected, these pile up for its reconnection.
     wait_for_check(&worker, "rabbitmq", "unhealthy").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     publish_batch(&world, 200).await;
     proxy.restore();
     publish_batch(&world, 300).await;

@@ -111,9 +111,11 @@ async fn a_refused_recipient_is_a_permanent_failure() {
 
 #[tokio::test]
 async fn an_unreachable_relay_is_a_transient_failure() {
-    // A port that was free a moment ago: nothing listens there.
-    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let config = SmtpConfig { url: format!("smtp://{addr}"), from: "t@example.com".parse().unwrap() };
+    // A cut proxy hangs up on every connection: unlike a port that was free a moment ago, no
+    // parallel test can start listening there.
+    let down = integration::TcpProxy::start("127.0.0.1:9".parse().unwrap()).await.unwrap();
+    down.cut();
+    let config = SmtpConfig { url: format!("smtp://{}", down.addr), from: "t@example.com".parse().unwrap() };
     let sender = SmtpSender::new(&config).unwrap();
     let notification = render(&order_event(OrderEventType::Confirmed)).unwrap();
     let error = sender.send(&notification).await.unwrap_err();
@@ -134,6 +136,7 @@ async fn with_smtp_configured_the_worker_mails_each_event() {
     vars.insert("NOTIFICATIONS_QUEUE", base.queue.clone());
     vars.insert("RETRY_DELAYS", "0.2,0.4".to_owned());
     vars.insert("LISTEN_ADDR", "127.0.0.1:0".to_owned());
+    vars.insert("DATABASE_MAX_CONNECTIONS", "4".to_owned());
     vars.insert("AMQP_URL", integration::amqp_url());
     let config = Config::from_env(&Env::new(&vars)).unwrap();
     let worker = common::spawn(App::build(config).await.unwrap());

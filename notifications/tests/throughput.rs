@@ -24,7 +24,7 @@ async fn events_per_second() {
         confirms.push(world.publish_without_confirm(&order_event(OrderEventType::Confirmed)).await);
     }
     for confirm in confirms {
-        confirm.await.unwrap();
+        common::confirmed(confirm).await;
     }
     println!("published {events} events in {:.2?}", started.elapsed());
 

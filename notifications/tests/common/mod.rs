@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,28 +22,91 @@ use notifications::{App, Config, SendError, Sender, Topology};
 use platform::config::Env;
 use platform::events::{OrderEvent, OrderEventType, OrderStatus};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Remembers every notification "sent", standing in for the buyer's inbox.
+/// How long a test waits for the broker to confirm a publish (or accept a connection) before failing.
+pub const BROKER_WAIT: Duration = Duration::from_secs(20);
+
+/// Remembers every notification "sent", standing in for the buyer's inbox. It can also play a slow
+/// or unresponsive mail server, and notes how many sends ran at once.
 #[derive(Clone, Default)]
-pub struct RecordingSender(Arc<Mutex<Vec<Notification>>>);
+pub struct RecordingSender(Arc<Inbox>);
+
+#[derive(Default)]
+struct Inbox {
+    sent: Mutex<Vec<Notification>>,
+    /// How long each send takes.
+    delay: Duration,
+    /// Sends still to hang forever (until the worker's send timeout gives up on them).
+    hangs_left: AtomicUsize,
+    sending: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+/// Counts a send as running until it finishes or the worker drops it.
+struct Sending<'a>(&'a Inbox);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl RecordingSender {
+    /// A mail server that takes `delay` to accept each message.
+    pub fn slow(delay: Duration) -> Self {
+        Self(Arc::new(Inbox { delay, ..Inbox::default() }))
+    }
+
+    /// A mail server that never answers the first `count` sends.
+    pub fn hanging_first(count: usize) -> Self {
+        Self(Arc::new(Inbox { hangs_left: AtomicUsize::new(count), ..Inbox::default() }))
+    }
+
     pub fn sent(&self) -> Vec<Notification> {
-        self.0.lock().unwrap().clone()
+        self.0.sent.lock().unwrap().clone()
     }
 
     pub fn times_sent(&self, event_id: Uuid) -> usize {
-        self.0.lock().unwrap().iter().filter(|n| n.event_id == event_id).count()
+        self.0.sent.lock().unwrap().iter().filter(|n| n.event_id == event_id).count()
+    }
+
+    /// The most sends that were in progress at the same time.
+    pub fn most_at_once(&self) -> usize {
+        self.0.most_at_once.load(Ordering::SeqCst)
     }
 }
 
 impl Sender for RecordingSender {
     fn send<'a>(&'a self, notification: &'a Notification) -> BoxFuture<'a, Result<(), SendError>> {
-        self.0.lock().unwrap().push(notification.clone());
-        Box::pin(async { Ok(()) })
+        let inbox = &self.0;
+        Box::pin(async move {
+            let now = inbox.sending.fetch_add(1, Ordering::SeqCst) + 1;
+            let _sending = Sending(inbox);
+            inbox.most_at_once.fetch_max(now, Ordering::SeqCst);
+            let hang =
+                inbox.hangs_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if hang.is_ok() {
+                std::future::pending::<()>().await;
+            }
+            if !inbox.delay.is_zero() {
+                tokio::time::sleep(inbox.delay).await;
+            }
+            inbox.sent.lock().unwrap().push(notification.clone());
+            Ok(())
+        })
     }
+}
+
+/// Waits for the broker's confirm of one publish, failing the test instead of hanging.
+pub async fn confirmed(confirm: lapin::PublisherConfirm) {
+    let confirmation = tokio::time::timeout(BROKER_WAIT, confirm)
+        .await
+        .unwrap_or_else(|_| panic!("no publisher confirm within {BROKER_WAIT:?}"))
+        .unwrap();
+    assert!(confirmation.is_ack(), "the broker refused a publish: {confirmation:?}");
 }
 
 /// One test's world: its database, exchange, queues and the connections to inspect them.
@@ -65,8 +129,13 @@ impl World {
         integration::init();
         let names = TestNames::new();
         let db = TestDatabase::create(&names.database("notifications")).await.unwrap();
-        let connection =
-            Connection::connect(&integration::amqp_url(), ConnectionProperties::default()).await.unwrap();
+        let connection = tokio::time::timeout(
+            BROKER_WAIT,
+            Connection::connect(&integration::amqp_url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("RabbitMQ accepts a connection in time")
+        .unwrap();
         let channel = connection.create_channel().await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         World {
@@ -94,6 +163,8 @@ impl World {
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("RETRY_DELAYS", self.retry_delays.to_owned()),
             ("MAX_ATTEMPTS", max_attempts),
+            // Tests run in parallel against one Postgres: small pools keep them under its limit.
+            ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
             ("DATABASE_ACQUIRE_TIMEOUT_SECS", "1".to_owned()),
         ]);
         Config::from_env(&Env::new(&vars)).unwrap()
@@ -122,22 +193,21 @@ impl World {
 
     /// Publishes as ordering does: persistent, JSON, `message_id` = event id, a `traceparent`.
     pub async fn publish(&self, event: &OrderEvent) {
-        self.publish_without_confirm(event).await.await.unwrap();
+        confirmed(self.publish_without_confirm(event).await).await;
     }
 
     /// Publishes and returns the confirm to wait for later (for bulk publishing).
     pub async fn publish_without_confirm(&self, event: &OrderEvent) -> lapin::PublisherConfirm {
-        let mut headers = FieldTable::default();
-        let traceparent =
-            format!("00-{}-{}-01", Uuid::new_v4().simple(), &Uuid::new_v4().simple().to_string()[..16]);
-        headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.into()));
-        let properties = BasicProperties::default()
-            .with_message_id(event.event_id.to_string().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
         let body = serde_json::to_vec(event).unwrap();
-        self.publish_raw(event.kind.routing_key(), &body, properties).await
+        self.publish_raw(event.kind.routing_key(), &body, event_properties(event.event_id)).await
+    }
+
+    /// Publishes `body` as ordering would publish the event it describes (for bodies a newer or
+    /// different producer might send), and waits for the confirm.
+    pub async fn publish_json(&self, event: &OrderEvent, body: &serde_json::Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        confirmed(self.publish_raw(event.kind.routing_key(), &body, event_properties(event.event_id)).await)
+            .await;
     }
 
     pub async fn publish_raw(
@@ -161,7 +231,7 @@ impl World {
     /// Direct access to the worker's database, for assertions.
     pub async fn pg(&mut self) -> PgPool {
         if self.pg.is_none() {
-            self.pg = Some(PgPool::connect(&self.db.url).await.unwrap());
+            self.pg = Some(PgPoolOptions::new().max_connections(2).connect(&self.db.url).await.unwrap());
         }
         self.pg.clone().unwrap()
     }
@@ -213,6 +283,17 @@ impl World {
         }
     }
 
+    /// Messages still to be processed: in the worker's queue or waiting in a retry queue.
+    pub async fn messages_waiting(&self) -> u32 {
+        let topology = self.topology();
+        let dlq = topology.dead_letter_queue();
+        let mut waiting = 0;
+        for queue in topology.queues().into_iter().filter(|q| *q != dlq) {
+            waiting += self.messages_in(&queue).await;
+        }
+        waiting
+    }
+
     /// Messages waiting in one of the worker's queues.
     pub async fn messages_in(&self, queue: &str) -> u32 {
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
@@ -233,15 +314,22 @@ impl Drop for World {
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async move {
-                let connection =
-                    Connection::connect(&integration::amqp_url(), ConnectionProperties::default()).await?;
-                let channel = connection.create_channel().await?;
-                for queue in queues {
-                    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-                }
-                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
-                connection.close(200, "test done".into()).await?;
-                Ok::<_, anyhow::Error>(())
+                let cleanup = async {
+                    let connection =
+                        Connection::connect(&integration::amqp_url(), ConnectionProperties::default())
+                            .await?;
+                    let channel = connection.create_channel().await?;
+                    for queue in queues {
+                        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+                    }
+                    channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await?;
+                    connection.close(200, "test done".into()).await?;
+                    Ok::<_, anyhow::Error>(())
+                };
+                // A broker in trouble must not hang the test binary at the end of a test.
+                tokio::time::timeout(BROKER_WAIT, cleanup).await.map_err(|_| anyhow::anyhow!("timed out"))?
             })
         })
         .join();
@@ -251,6 +339,19 @@ impl Drop for World {
             Err(_) => eprintln!("warning: deleting the test's queues panicked"),
         }
     }
+}
+
+/// The properties ordering publishes an event with.
+fn event_properties(event_id: Uuid) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let traceparent =
+        format!("00-{}-{}-01", Uuid::new_v4().simple(), &Uuid::new_v4().simple().to_string()[..16]);
+    headers.insert("traceparent".into(), AMQPValue::LongString(traceparent.into()));
+    BasicProperties::default()
+        .with_message_id(event_id.to_string().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
 }
 
 pub fn spawn(app: App) -> RunningService {

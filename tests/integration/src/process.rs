@@ -2,6 +2,7 @@
 //! search, SIGTERM on demand, and SIGKILL when the handle is dropped, so a failing test leaves
 //! nothing running.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -250,9 +251,23 @@ async fn capture(stream: impl AsyncRead + Unpin, which: Stream, output: Output) 
 
 /// `n` distinct loopback addresses with free ports, for processes that must be told their port
 /// (they cannot report the one they bound to port 0). The ports are released on return, so a
-/// process started right after can take them; another process taking one first is possible but
-/// rare, and shows as a failed start.
+/// process started right after can take them; another program taking one first is possible but
+/// rare, and shows as a failed start. Within this test process a port is never handed out twice,
+/// so stacks started side by side by parallel tests cannot be given the same one.
 pub fn free_local_addrs(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let listeners = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
-    listeners.iter().map(|l| l.local_addr().map_err(anyhow::Error::from)).collect()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Held until all are chosen, so the kernel cannot give one port twice in this call.
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    while addrs.len() < n {
+        anyhow::ensure!(listeners.len() < n + 1000, "no free loopback ports");
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        if handed_out.insert(addr.port()) {
+            addrs.push(addr);
+        }
+        listeners.push(listener);
+    }
+    Ok(addrs)
 }

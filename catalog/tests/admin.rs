@@ -27,8 +27,11 @@ struct Identity {
 async fn spawn_identity() -> Identity {
     integration::init();
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.unwrap();
-    let vars: HashMap<&'static str, String> =
-        HashMap::from([("LISTEN_ADDR", "127.0.0.1:0".to_owned()), ("DATABASE_URL", db.url.clone())]);
+    let vars: HashMap<&'static str, String> = HashMap::from([
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
+    ]);
     let app = identity::App::build(identity::Config::from_env(&Env::new(&vars)).unwrap()).await.unwrap();
     let shutdown = CancellationToken::new();
     let service = RunningService::spawn("identity", app.http_addr(), shutdown.clone(), app.run(shutdown));

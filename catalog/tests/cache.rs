@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use proto::catalog::v1 as pb;
-use support::{Settings, eventually, row, spawn, spawn_with};
+use support::{Settings, eventually, redis_keys, row, spawn, spawn_with};
 use uuid::Uuid;
 
 async fn set_title_behind_the_api(catalog: &support::TestCatalog, id: Uuid, title: &str) {
@@ -73,8 +73,13 @@ async fn reads_keep_answering_when_redis_goes_away_and_health_says_degraded() {
     let redis_addr =
         integration::redis_url().trim_start_matches("redis://").parse().expect("redis host:port");
     let proxy = integration::TcpProxy::start(redis_addr).await.unwrap();
-    let catalog =
-        spawn_with(Settings { redis_url: format!("redis://{}", proxy.addr), ..Settings::default() }).await;
+    // The production timeout: this test is about a Redis that stops answering.
+    let catalog = spawn_with(Settings {
+        redis_url: format!("redis://{}", proxy.addr),
+        redis_timeout_ms: 100,
+        ..Settings::default()
+    })
+    .await;
     let id = catalog.insert(row(3)).await;
     catalog.get(id).await.expect("read with redis up");
     let (status, body) = catalog.health().await;
@@ -104,9 +109,17 @@ async fn reads_keep_answering_when_redis_goes_away_and_health_says_degraded() {
 
 #[tokio::test]
 async fn catalog_starts_and_serves_without_redis() {
-    // Nothing listens on port 1.
-    let catalog =
-        spawn_with(Settings { redis_url: "redis://127.0.0.1:1".into(), ..Settings::default() }).await;
+    // A cut proxy hangs up on every connection; a port that "nothing listens on" may be taken.
+    let redis_addr =
+        integration::redis_url().trim_start_matches("redis://").parse().expect("redis host:port");
+    let down = integration::TcpProxy::start(redis_addr).await.unwrap();
+    down.cut();
+    let catalog = spawn_with(Settings {
+        redis_url: format!("redis://{}", down.addr),
+        redis_timeout_ms: 100,
+        ..Settings::default()
+    })
+    .await;
     let id = catalog.insert(row(3)).await;
     assert_eq!(catalog.get(id).await.unwrap().title, "Evening Show");
     let page =
@@ -114,4 +127,21 @@ async fn catalog_starts_and_serves_without_redis() {
     assert_eq!(page.concerts.len(), 1);
     let (status, body) = catalog.health().await;
     assert_eq!((status, body["status"].as_str()), (200, Some("degraded")), "{body}");
+}
+
+#[tokio::test]
+async fn a_finished_test_leaves_no_redis_keys_behind() {
+    let catalog = spawn().await;
+    let prefix = catalog.names.redis_prefix();
+    let id = catalog.insert(row(3)).await;
+    catalog.get(id).await.unwrap();
+    catalog.client.clone().list_concerts(pb::ListConcertsRequest::default()).await.unwrap();
+    catalog.reserve(Uuid::new_v4(), id, 1).await.unwrap();
+    catalog.get(id).await.unwrap();
+    let keys = redis_keys(&prefix).await;
+    assert!(keys.iter().any(|k| k.ends_with("version")), "the version counter exists: {keys:?}");
+    assert!(keys.len() >= 2, "{keys:?}");
+
+    catalog.stop().await;
+    assert_eq!(redis_keys(&prefix).await, Vec::<String>::new());
 }

@@ -12,6 +12,7 @@ use platform::config::Env;
 use proto::catalog::v1 as pb;
 use proto::catalog::v1::catalog_client::CatalogClient;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -20,6 +21,8 @@ pub struct TestCatalog {
     pub client: CatalogClient<Channel>,
     pub grpc_addr: SocketAddr,
     pub service: RunningService,
+    /// Dropped after `service`: deletes every Redis key under the test's prefix.
+    redis_keys: RedisKeys,
     /// The catalog's own database, for arranging rows and checking them behind the API.
     pub pool: PgPool,
     pub names: TestNames,
@@ -29,6 +32,10 @@ pub struct TestCatalog {
 /// Settings a test may change; everything else is the test default.
 pub struct Settings {
     pub redis_url: String,
+    /// `REDIS_TIMEOUT_MS`: generous by default, so a Redis round trip on a loaded machine is not
+    /// silently skipped (and the cache assertions with it); tests about a slow or absent Redis set
+    /// the production value.
+    pub redis_timeout_ms: u64,
     pub identity_url: String,
     pub sweep_interval_secs: f64,
     pub seed: bool,
@@ -38,6 +45,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             redis_url: integration::redis_url(),
+            redis_timeout_ms: 2000,
             // Nothing listens here: tests without an identity service never get as far as a token check.
             identity_url: "http://127.0.0.1:9".to_owned(),
             sweep_interval_secs: 60.0,
@@ -58,16 +66,21 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
         ("DATABASE_URL", db.url.clone()),
         // Flash-sale tests queue many requests on the pool of a busy 2-core machine.
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
+        // Tests run in parallel against one Postgres: small pools keep them under its limit.
+        ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
         ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("REDIS_URL", settings.redis_url),
         ("REDIS_KEY_PREFIX", names.redis_prefix()),
+        ("REDIS_TIMEOUT_MS", settings.redis_timeout_ms.to_string()),
         ("IDENTITY_URL", settings.identity_url),
         ("HOLD_SWEEP_INTERVAL_SECS", settings.sweep_interval_secs.to_string()),
         ("SEED_CATALOG", settings.seed.to_string()),
         ("GRPC_REQUEST_TIMEOUT_SECS", "30".to_owned()),
     ]);
     let config = catalog::Config::from_env(&Env::new(&vars)).expect("test configuration is valid");
+    // Armed before the catalog starts, so a failed start-up cleans up too.
+    let redis_keys = RedisKeys { prefix: names.redis_prefix() };
     let app = catalog::App::build(config).await.expect("catalog builds");
     let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -75,8 +88,62 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
     service.wait_healthy(Duration::from_secs(20)).await.expect("catalog becomes healthy");
     let client =
         CatalogClient::connect(format!("http://{grpc_addr}")).await.expect("connect the gRPC client");
-    let pool = PgPool::connect(&db.url).await.expect("connect to the test database");
-    TestCatalog { client, grpc_addr, service, pool, names, db }
+    let pool =
+        PgPoolOptions::new().max_connections(2).connect(&db.url).await.expect("connect to the test database");
+    TestCatalog { client, grpc_addr, service, redis_keys, pool, names, db }
+}
+
+/// Deletes the test's Redis keys (`SCAN MATCH <prefix>*` + `DEL`) when dropped, pass or fail, so
+/// runs do not accumulate entries, and the version counter, which has no TTL, on the shared server.
+struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    fn delete(&self) -> redis::RedisResult<usize> {
+        let timeout = Some(Duration::from_secs(2));
+        let mut redis = redis::Client::open(integration::redis_url())?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        redis.set_read_timeout(timeout)?;
+        redis.set_write_timeout(timeout)?;
+        let pattern = format!("{}*", self.prefix);
+        let (mut cursor, mut deleted) = (0u64, 0);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut redis)?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("DEL").arg(&keys).query::<usize>(&mut redis)?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisKeys {
+    // Blocking calls are fine here: a test's runtime runs nothing else while its values drop.
+    fn drop(&mut self) {
+        if let Err(error) = self.delete() {
+            eprintln!("warning: could not delete the Redis keys under {}: {error}", self.prefix);
+        }
+    }
+}
+
+/// The keys under `prefix` on the shared Redis server.
+pub async fn redis_keys(prefix: &str) -> Vec<String> {
+    let mut redis = redis::Client::open(integration::redis_url())
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.expect("KEYS")
 }
 
 /// A concert row to put straight into the database (the admin RPC is tested on its own).
@@ -107,6 +174,14 @@ pub fn row(days: i64) -> Row {
 }
 
 impl TestCatalog {
+    /// Stops the catalog gracefully, then deletes the test's Redis keys.
+    pub async fn stop(self) {
+        let TestCatalog { client, service, redis_keys, .. } = self;
+        drop(client);
+        service.stop().await.expect("catalog stops cleanly");
+        drop(redis_keys);
+    }
+
     pub async fn insert(&self, row: Row) -> Uuid {
         let id = Uuid::now_v7();
         sqlx::query(

@@ -189,6 +189,8 @@ fn hold(h: Hold) -> pb::SeatHold {
         quantity: h.quantity,
         expires_at: Some(timestamp(h.expires_at)),
         status: status.into(),
+        price_cents: h.price_cents,
+        currency: h.currency,
     }
 }
 

@@ -20,6 +20,9 @@ use crate::error::CatalogError;
 /// Expired holds released per statement; the sweeper loops until a batch comes back short.
 const SWEEP_BATCH: i64 = 500;
 
+/// Every column of a hold that [`HoldRow`] reads.
+const HOLD_COLUMNS: &str = "order_id, concert_id, quantity, status, expires_at, price_cents, currency";
+
 /// A hold as stored.
 #[derive(sqlx::FromRow)]
 struct HoldRow {
@@ -28,6 +31,16 @@ struct HoldRow {
     quantity: i32,
     status: String,
     expires_at: DateTime<Utc>,
+    price_cents: i64,
+    currency: String,
+}
+
+/// What ReserveSeats's statement returns: the new hold, and whether its seats were taken.
+#[derive(sqlx::FromRow)]
+struct Reserved {
+    #[sqlx(flatten)]
+    hold: HoldRow,
+    taken: bool,
 }
 
 impl TryFrom<HoldRow> for Hold {
@@ -42,6 +55,8 @@ impl TryFrom<HoldRow> for Hold {
             quantity: row.quantity,
             expires_at: row.expires_at,
             status,
+            price_cents: row.price_cents,
+            currency: row.currency,
         })
     }
 }
@@ -87,49 +102,48 @@ impl Reservations {
         // The hold row goes in first: a second request with the same order id waits on its unique key
         // until this transaction ends, then finds it (DO NOTHING) instead of taking seats again. Seats
         // are taken only if the hold is new and enough are left, in the same statement; if not, the
-        // transaction is rolled back and the hold disappears with it.
+        // transaction is rolled back and the hold disappears with it. The hold keeps the concert's
+        // price as this statement read it, which is what the order is priced at.
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<(HoldRow, bool)> =
-            sqlx::query_as::<_, (Uuid, Uuid, i32, String, DateTime<Utc>, bool)>(
-                "WITH hold AS (
-                 INSERT INTO holds (order_id, concert_id, quantity, status, expires_at)
-                 VALUES ($1, $2, $3, 'held', now() + make_interval(secs => $4))
+        let inserted: Option<Reserved> = sqlx::query_as(&format!(
+            "WITH hold AS (
+                 INSERT INTO holds ({HOLD_COLUMNS})
+                 SELECT $1, c.id, $3, 'held', now() + make_interval(secs => $4), c.price_cents, c.currency
+                 FROM concerts c WHERE c.id = $2
                  ON CONFLICT (order_id) DO NOTHING
-                 RETURNING order_id, concert_id, quantity, status, expires_at
+                 RETURNING {HOLD_COLUMNS}
              ), taken AS (
                  UPDATE concerts SET available = available - $3, updated_at = now()
                  WHERE id = $2 AND available >= $3 AND EXISTS (SELECT 1 FROM hold)
                  RETURNING id
              )
-             SELECT order_id, concert_id, quantity, status, expires_at, EXISTS (SELECT 1 FROM taken)
-             FROM hold",
-            )
-            .bind(request.order_id)
-            .bind(request.concert_id)
-            .bind(request.quantity)
-            .bind(request.hold_for.as_secs_f64())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.is_foreign_key_violation() => CatalogError::ConcertNotFound,
-                _ => error.into(),
-            })?
-            .map(|(order_id, concert_id, quantity, status, expires_at, taken)| {
-                (HoldRow { order_id, concert_id, quantity, status, expires_at }, taken)
-            });
+             SELECT {HOLD_COLUMNS}, EXISTS (SELECT 1 FROM taken) AS taken
+             FROM hold"
+        ))
+        .bind(request.order_id)
+        .bind(request.concert_id)
+        .bind(request.quantity)
+        .bind(request.hold_for.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => CatalogError::ConcertNotFound,
+            _ => error.into(),
+        })?;
 
         match inserted {
-            Some((row, true)) => {
+            Some(Reserved { hold, taken: true }) => {
                 tx.commit().await?;
-                Ok((row.try_into()?, true))
+                Ok((hold.try_into()?, true))
             }
-            Some((_, false)) => {
+            Some(Reserved { taken: false, .. }) => {
                 tx.rollback().await?;
                 Err(CatalogError::SoldOut)
             }
             None => {
                 tx.rollback().await?;
-                let existing = self.find(request.order_id).await?.ok_or(CatalogError::HoldNotFound)?;
+                // Nothing inserted and no hold with this order id: the concert does not exist.
+                let existing = self.find(request.order_id).await?.ok_or(CatalogError::ConcertNotFound)?;
                 if existing.matches(request) {
                     Ok((existing, false))
                 } else {
@@ -141,11 +155,11 @@ impl Reservations {
 
     /// Turns a live hold into sold seats; confirming a confirmed hold changes nothing.
     pub async fn confirm(&self, order_id: Uuid) -> Result<Hold, CatalogError> {
-        let confirmed: Option<HoldRow> = sqlx::query_as(
+        let confirmed: Option<HoldRow> = sqlx::query_as(&format!(
             "UPDATE holds SET status = 'confirmed', updated_at = now()
              WHERE order_id = $1 AND status = 'held' AND expires_at > now()
-             RETURNING order_id, concert_id, quantity, status, expires_at",
-        )
+             RETURNING {HOLD_COLUMNS}"
+        ))
         .bind(order_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -164,18 +178,18 @@ impl Reservations {
 
     /// Gives the seats of a held or confirmed hold back to sale; releasing again changes nothing.
     pub async fn release(&self, order_id: Uuid) -> Result<Hold, CatalogError> {
-        let released: Option<HoldRow> = sqlx::query_as(
+        let released: Option<HoldRow> = sqlx::query_as(&format!(
             "WITH released AS (
                  UPDATE holds SET status = 'released', updated_at = now()
                  WHERE order_id = $1 AND status IN ('held', 'confirmed')
-                 RETURNING order_id, concert_id, quantity, status, expires_at
+                 RETURNING {HOLD_COLUMNS}
              ), returned AS (
                  UPDATE concerts c SET available = c.available + r.quantity, updated_at = now()
                  FROM released r WHERE c.id = r.concert_id
                  RETURNING c.id
              )
-             SELECT order_id, concert_id, quantity, status, expires_at FROM released",
-        )
+             SELECT {HOLD_COLUMNS} FROM released"
+        ))
         .bind(order_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -191,12 +205,11 @@ impl Reservations {
     }
 
     async fn find(&self, order_id: Uuid) -> Result<Option<Hold>, CatalogError> {
-        let row: Option<HoldRow> = sqlx::query_as(
-            "SELECT order_id, concert_id, quantity, status, expires_at FROM holds WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<HoldRow> =
+            sqlx::query_as(&format!("SELECT {HOLD_COLUMNS} FROM holds WHERE order_id = $1"))
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(Hold::try_from).transpose()
     }
 

@@ -1,4 +1,4 @@
-//! The catalog gRPC client: concert prices and seat holds.
+//! The catalog gRPC client: seat holds, which carry the price the seats were held at.
 //!
 //! Every call has a deadline and goes through a circuit breaker, so a dead catalog costs a request a
 //! fast 503 rather than a hung thread. Every call ordering makes is idempotent (seat calls are keyed
@@ -52,6 +52,8 @@ pub enum HoldState {
 pub struct SeatHold {
     pub state: HoldState,
     pub expires_at: DateTime<Utc>,
+    /// One seat's price when catalog took the seats (read in the same statement).
+    pub price: Price,
 }
 
 /// A cloneable handle on catalog, shared by requests, the sweeper and `/health`.
@@ -83,15 +85,8 @@ impl Catalog {
         })
     }
 
-    /// The price of one seat of `concert_id`.
-    pub async fn price(&self, token: Option<&str>, concert_id: Uuid) -> Result<Price, CatalogError> {
-        let message = pb::GetConcertRequest { id: concert_id.to_string() };
-        let concert =
-            self.call("GetConcert", token, message, |mut c, r| async move { c.get_concert(r).await }).await?;
-        Ok(Price { unit_cents: concert.price_cents, currency: concert.currency })
-    }
-
-    /// Holds `quantity` seats of `concert_id` for `order_id` (idempotent by order id).
+    /// Holds `quantity` seats of `concert_id` for `order_id` (idempotent by order id), priced at
+    /// the concert's price when they were taken.
     pub async fn reserve_seats(
         &self,
         token: Option<&str>,
@@ -258,7 +253,12 @@ fn seat_hold(hold: &pb::SeatHold) -> Result<SeatHold, CatalogError> {
         .expires_at
         .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
         .ok_or_else(|| CatalogError::Refused(Code::Internal, "seat hold without a valid expiry".into()))?;
-    Ok(SeatHold { state, expires_at })
+    // A catalog older than the hold price would send 0 and "": never price an order from that.
+    if hold.currency.len() != 3 || hold.price_cents < 0 {
+        return Err(CatalogError::Refused(Code::Internal, "seat hold without a valid price".into()));
+    }
+    let price = Price { unit_cents: hold.price_cents, currency: hold.currency.clone() };
+    Ok(SeatHold { state, expires_at, price })
 }
 
 #[cfg(test)]
@@ -290,9 +290,23 @@ mod tests {
         let hold = pb::SeatHold {
             status: pb::HoldStatus::Held as i32,
             expires_at: Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 }),
+            price_cents: 4_500,
+            currency: "EUR".into(),
             ..Default::default()
         };
-        assert_eq!(seat_hold(&hold).unwrap().state, HoldState::Held);
+        let parsed = seat_hold(&hold).unwrap();
+        assert_eq!(parsed.state, HoldState::Held);
+        assert_eq!(parsed.price, Price { unit_cents: 4_500, currency: "EUR".into() });
+    }
+
+    #[test]
+    fn holds_without_a_price_are_refused() {
+        let hold = pb::SeatHold {
+            status: pb::HoldStatus::Held as i32,
+            expires_at: Some(prost_types::Timestamp { seconds: 1_900_000_000, nanos: 0 }),
+            ..Default::default()
+        };
+        assert!(seat_hold(&hold).is_err(), "an older catalog's hold has no price");
     }
 
     #[tokio::test]

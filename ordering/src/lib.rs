@@ -1,7 +1,8 @@
 //! Ordering: the REST service that owns orders.
 //!
-//! A buyer places an order (`Idempotency-Key` required): seats are held in catalog over gRPC, priced
-//! by catalog, and the order is stored `Pending` with its `order.created` event in one transaction.
+//! A buyer places an order (`Idempotency-Key` required): seats are held in catalog over gRPC, which
+//! answers with the price it held them at, and the order is stored `Pending` at that price with its
+//! `order.created` event in one transaction.
 //! Confirming charges the buyer through a [`payments::PaymentProvider`] and confirms the seats;
 //! cancelling releases them; a [`sweeper`] cancels orders whose hold lapsed. Every state change writes
 //! an event to the [`outbox`], which the [`relay`] publishes to RabbitMQ with publisher confirms.

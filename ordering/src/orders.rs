@@ -62,7 +62,8 @@ impl Orders {
         Self { db, catalog, payments, hold, idempotency }
     }
 
-    /// Places an order once per `key`: holds the seats, prices them, stores the order `Pending`.
+    /// Places an order once per `key`: holds the seats (priced by catalog as it holds them), stores
+    /// the order `Pending`.
     pub async fn place(
         &self,
         buyer: &AuthUser,
@@ -125,8 +126,8 @@ impl Orders {
         recorded
     }
 
-    /// Prices the held seats and stores the order, its `order.created` event and the idempotent
-    /// response in one transaction.
+    /// Stores the order, priced as catalog held its seats, with its `order.created` event and the
+    /// idempotent response in one transaction.
     async fn record_placed(
         &self,
         buyer: &AuthUser,
@@ -134,13 +135,9 @@ impl Orders {
         request: &PlaceOrder,
         hold: &SeatHold,
     ) -> Result<Placed, Error> {
-        let price =
-            self.catalog.price(Some(buyer.token.as_str()), request.concert_id).await.map_err(|error| {
-                match error {
-                    CatalogError::NotFound => Error::ConcertNotFound,
-                    other => catalog_error(other),
-                }
-            })?;
+        // The hold's price, read by catalog in the statement that took the seats: never a second
+        // call that could see another price (or fail after the seats were taken).
+        let price = &hold.price;
         let total =
             price.total(request.quantity).ok_or_else(|| anyhow::anyhow!("price out of range: {price:?}"))?;
 

@@ -24,6 +24,30 @@ async fn a_sold_out_concert_is_a_conflict_and_no_order_is_stored() {
 }
 
 #[tokio::test]
+async fn an_order_is_priced_as_catalog_held_its_seats_not_as_the_concert_is_priced_later() {
+    let stack = support::spawn().await;
+    let buyer = stack.buyer("ada").await;
+    let concert = stack.concert(10).await;
+
+    // Catalog keeps the price with the hold: asking again for the same order's seats (as ordering
+    // does when it retries) answers the price they were held at, not the concert's price now.
+    let order_id = Uuid::now_v7();
+    let held = stack.reserve(order_id, concert, 2).await;
+    assert_eq!((held.price_cents, held.currency.as_str()), (4_500, "EUR"));
+    stack.set_price(concert, 6_000).await;
+    let again = stack.reserve(order_id, concert, 2).await;
+    assert_eq!((again.price_cents, again.currency.as_str()), (4_500, "EUR"));
+
+    // An order placed now is held, and priced, at the new price.
+    let placed = stack.place(&buyer, "after-the-change", concert, 3).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.text);
+    assert_eq!(
+        (placed.json["unitPriceCents"].as_i64(), placed.json["totalCents"].as_i64()),
+        (Some(6_000), Some(18_000))
+    );
+}
+
+#[tokio::test]
 async fn bad_requests_name_what_is_wrong() {
     let stack = support::spawn().await;
     let buyer = stack.buyer("ada").await;

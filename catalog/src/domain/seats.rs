@@ -97,6 +97,9 @@ pub struct Hold {
     pub quantity: i32,
     pub expires_at: DateTime<Utc>,
     pub status: HoldStatus,
+    /// One seat's price (minor units of `currency`) when the seats were taken.
+    pub price_cents: i64,
+    pub currency: String,
 }
 
 impl Hold {
@@ -159,6 +162,8 @@ mod tests {
             quantity: 2,
             expires_at: Utc::now(),
             status: HoldStatus::Held,
+            price_cents: 4_500,
+            currency: "EUR".into(),
         };
         assert!(hold.matches(&request));
         assert!(!Hold { quantity: 3, ..hold.clone() }.matches(&request));

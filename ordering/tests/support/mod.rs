@@ -279,6 +279,29 @@ impl Stack {
         Uuid::parse_str(&concert.id).expect("concert id")
     }
 
+    /// Changes a concert's price through catalog's admin API.
+    pub async fn set_price(&self, concert_id: Uuid, price_cents: i64) {
+        let mut request = tonic::Request::new(pb::UpdateConcertRequest {
+            id: concert_id.to_string(),
+            price_cents: Some(price_cents),
+            ..Default::default()
+        });
+        let bearer = format!("Bearer {}", self.admin_token).parse().expect("metadata value");
+        request.metadata_mut().insert("authorization", bearer);
+        self.catalog_client.clone().update_concert(request).await.expect("update concert");
+    }
+
+    /// Holds seats straight through catalog's gRPC API, as ordering does when placing an order.
+    pub async fn reserve(&self, order_id: Uuid, concert_id: Uuid, quantity: i32) -> pb::SeatHold {
+        let request = pb::ReserveSeatsRequest {
+            order_id: order_id.to_string(),
+            concert_id: concert_id.to_string(),
+            quantity,
+            hold_seconds: 600,
+        };
+        self.catalog_client.clone().reserve_seats(request).await.expect("reserve seats").into_inner()
+    }
+
     /// Seats catalog says are available (its cache may lag by its 1 s TTL).
     pub async fn available(&self, concert_id: Uuid) -> i32 {
         let request = pb::GetConcertRequest { id: concert_id.to_string() };

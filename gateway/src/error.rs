@@ -197,9 +197,23 @@ impl GatewayError {
             // client asked for something that cannot be done as asked.
             (409, _) => Self::BadUserInput { field: first_field.map(|(field, _)| field), message: detail },
             (429, _) => Self::RateLimited { retry_after_secs: problem.retry_after.unwrap_or(1) },
+            // Ordering answered, and says catalog is what is down.
+            (503, "catalog-unavailable") => Self::Unavailable(Service::Catalog),
             (502..=504, _) => Self::Unavailable(service),
             _ => Self::internal(anyhow::anyhow!("{service} answered {problem}")),
         }
+    }
+
+    /// Whether a 503 answer is the service saying that one of *its* dependencies is down (a
+    /// problem whose type is `…/problems/<dependency>-unavailable`, e.g. ordering's
+    /// `catalog-unavailable`), rather than that it is unwell itself (plain `unavailable`, or a body
+    /// that is not a problem at all, as from a proxy in front of it).
+    pub fn is_dependency_outage(status: u16, body: &[u8]) -> bool {
+        status == 503
+            && serde_json::from_slice::<Problem>(body).is_ok_and(|problem| {
+                let kind = problem.kind.rsplit('/').next().unwrap_or_default();
+                kind.len() > "-unavailable".len() && kind.ends_with("-unavailable")
+            })
     }
 
     /// A non-2xx HTTP answer whose body may or may not be a problem document.
@@ -377,6 +391,27 @@ mod tests {
         let (_, extensions) = extensions(GatewayError::from_http(Service::Identity, "user", 429, &body));
         assert_eq!(extensions["code"], "RATE_LIMITED");
         assert_eq!(extensions["retryAfter"], 30);
+    }
+
+    #[test]
+    fn a_dependency_outage_is_told_apart_from_the_service_being_unwell() {
+        let catalog_down =
+            serde_json::to_vec(&Problem::unavailable("x").with_type("catalog-unavailable")).unwrap();
+        assert!(GatewayError::is_dependency_outage(503, &catalog_down));
+        let (_, extensions) =
+            extensions(GatewayError::from_http(Service::Ordering, "order", 503, &catalog_down));
+        assert_eq!(
+            (extensions["code"].as_str(), extensions["service"].as_str()),
+            (Some("UNAVAILABLE"), Some("catalog"))
+        );
+        let payments_down =
+            serde_json::to_vec(&Problem::unavailable("x").with_type("payment-provider-unavailable")).unwrap();
+        assert!(GatewayError::is_dependency_outage(503, &payments_down));
+
+        let unwell = serde_json::to_vec(&Problem::unavailable("the database is unavailable")).unwrap();
+        assert!(!GatewayError::is_dependency_outage(503, &unwell));
+        assert!(!GatewayError::is_dependency_outage(503, b"<html>503 Service Unavailable</html>"));
+        assert!(!GatewayError::is_dependency_outage(502, &catalog_down), "only a 503 is that answer");
     }
 
     #[test]

@@ -35,16 +35,49 @@ pub enum Error {
     InvalidPaymentToken,
     /// A dependency (catalog, the payment provider, the database pool) cannot answer now.
     #[error("{0} is unavailable")]
-    Unavailable(&'static str),
+    Unavailable(Dependency),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// What ordering depends on, for its 503s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// Ordering's own database: ordering itself cannot work.
+    Database,
+    Catalog,
+    PaymentProvider,
+}
+
+impl Dependency {
+    /// The problem `type` of a 503 caused by this dependency. Another service's outage gets its own
+    /// type (`catalog-unavailable`), so that a caller (the gateway) can tell "ordering answered: its
+    /// dependency is down" from "ordering is unwell" and not count the first against ordering's
+    /// circuit breaker. Ordering's own database is plain `unavailable`: that is ordering unwell.
+    pub fn problem_type(self) -> Option<&'static str> {
+        match self {
+            Self::Database => None,
+            Self::Catalog => Some("catalog-unavailable"),
+            Self::PaymentProvider => Some("payment-provider-unavailable"),
+        }
+    }
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Database => "the database",
+            Self::Catalog => "the catalog",
+            Self::PaymentProvider => "the payment provider",
+        })
+    }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
         match error {
             // The pool is exhausted or Postgres is unreachable: a retry later can succeed.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => Self::Unavailable("the database"),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => Self::Unavailable(Dependency::Database),
             other => Self::Internal(other.into()),
         }
     }
@@ -57,7 +90,7 @@ impl From<PaymentError> for Error {
             PaymentError::InvalidToken => Self::InvalidPaymentToken,
             PaymentError::Unavailable(reason) => {
                 tracing::warn!(error = %reason, "payment provider unavailable");
-                Self::Unavailable("the payment provider")
+                Self::Unavailable(Dependency::PaymentProvider)
             }
         }
     }
@@ -107,8 +140,12 @@ impl Error {
             Self::InvalidPaymentToken => {
                 Problem::invalid_field("paymentToken", "is not a valid payment token")
             }
-            Self::Unavailable(what) => {
-                Problem::unavailable(format!("{what} is unavailable, try again shortly"))
+            Self::Unavailable(dependency) => {
+                let problem = Problem::unavailable(format!("{dependency} is unavailable, try again shortly"));
+                match dependency.problem_type() {
+                    Some(kind) => problem.with_type(kind),
+                    None => problem,
+                }
             }
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "internal error");
@@ -149,7 +186,8 @@ mod tests {
             (Error::HoldLapsed, 409),
             (Error::PaymentDeclined, 402),
             (Error::InvalidPaymentToken, 400),
-            (Error::Unavailable("catalog"), 503),
+            (Error::Unavailable(Dependency::Catalog), 503),
+            (Error::Unavailable(Dependency::Database), 503),
             (Error::Internal(anyhow::anyhow!("secret detail")), 500),
         ];
         for (error, status) in cases {
@@ -157,6 +195,17 @@ mod tests {
             assert_eq!(problem.status, status, "{error}");
             assert!(!problem.detail.unwrap_or_default().contains("secret"));
         }
+    }
+
+    #[test]
+    fn a_dependency_outage_names_the_dependency_in_its_type() {
+        let catalog = Error::Unavailable(Dependency::Catalog).problem();
+        assert_eq!(catalog.kind, "https://ticketflow.dev/problems/catalog-unavailable");
+        let payments = Error::Unavailable(Dependency::PaymentProvider).problem();
+        assert_eq!(payments.kind, "https://ticketflow.dev/problems/payment-provider-unavailable");
+        // Without its database ordering itself is unwell: the generic type.
+        let database = Error::Unavailable(Dependency::Database).problem();
+        assert_eq!(database.kind, "https://ticketflow.dev/problems/unavailable");
     }
 
     #[test]

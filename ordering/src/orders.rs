@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, CatalogError, HoldState, SeatHold};
 use crate::config::IdempotencyConfig;
 use crate::domain::{CancelReason, Cursor, IdempotencyKey, Order, OrderStatus, PageSize, PlaceOrder};
-use crate::error::Error;
+use crate::error::{Dependency, Error};
 use crate::idempotency::{self, Begin, Claim, StoredResponse};
 use crate::outbox;
 use crate::payments::{Charge, PaymentId, PaymentProvider};
@@ -347,7 +347,7 @@ fn catalog_error(error: CatalogError) -> Error {
     match error {
         CatalogError::SoldOut => Error::SoldOut,
         CatalogError::HoldInactive(_) => Error::HoldLapsed,
-        CatalogError::Unavailable(_) => Error::Unavailable("the catalog"),
+        CatalogError::Unavailable(_) => Error::Unavailable(Dependency::Catalog),
         other => Error::Internal(other.into()),
     }
 }

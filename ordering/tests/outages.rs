@@ -27,6 +27,8 @@ async fn with_catalog_unreachable_placing_an_order_fails_fast_and_writes_nothing
     let took = started.elapsed();
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
     assert_eq!(refused.headers["content-type"], "application/problem+json");
+    // Named, so that the gateway does not hold catalog's outage against ordering.
+    assert_eq!(refused.json["type"], "https://ticketflow.dev/problems/catalog-unavailable");
     assert!(took < Duration::from_secs(5), "503 took {took:?}");
     assert_eq!(stack.order_count().await, 1, "nothing half-written");
 

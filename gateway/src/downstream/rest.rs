@@ -82,6 +82,22 @@ enum Attempt {
     Transport(reqwest::Error),
 }
 
+/// What an attempt says about the service's health (its circuit breaker) and whether to retry.
+fn classify(attempt: &Attempt) -> Failure {
+    match attempt {
+        Attempt::Rejected(..) => Failure::Answer,
+        // The service is up and answering: what is down is behind it (ordering's "catalog is
+        // unavailable"). Counting that against the service would open its circuit and fail every
+        // call to it, reads that never touch the dependency included.
+        Attempt::ServerError(status, body) if GatewayError::is_dependency_outage(status.as_u16(), body) => {
+            Failure::Answer
+        }
+        Attempt::ServerError(..) => Failure::Unhealthy,
+        Attempt::Transport(error) if error.is_connect() => Failure::NotSent,
+        Attempt::Transport(_) => Failure::Unhealthy,
+    }
+}
+
 impl RestClient {
     pub fn new(service: Service, base_url: &str, config: &DownstreamConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -111,20 +127,7 @@ impl RestClient {
         let service = self.service();
         let resource = call.resource;
         let call = &call;
-        let result = self
-            .policy
-            .call(
-                call.operation,
-                call.retry,
-                move || self.attempt(call),
-                |attempt| match attempt {
-                    Attempt::Rejected(..) => Failure::Answer,
-                    Attempt::ServerError(..) => Failure::Unhealthy,
-                    Attempt::Transport(error) if error.is_connect() => Failure::NotSent,
-                    Attempt::Transport(_) => Failure::Unhealthy,
-                },
-            )
-            .await;
+        let result = self.policy.call(call.operation, call.retry, move || self.attempt(call), classify).await;
         match result {
             Ok(body) => Ok(body),
             Err(CallError::Open | CallError::Timeout) => Err(GatewayError::Unavailable(service)),
@@ -176,5 +179,89 @@ impl RestClient {
         } else {
             Err(format!("{} answered {}", self.service(), response.status()))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use platform::breaker::CircuitBreaker;
+    use platform::problem::Problem;
+
+    use super::*;
+    use crate::downstream::{CallError, Retry};
+
+    fn problem(problem: Problem) -> Bytes {
+        Bytes::from(serde_json::to_vec(&problem).unwrap())
+    }
+
+    #[test]
+    fn only_answers_that_mean_the_service_itself_is_unwell_count_against_it() {
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        let catalog_down = problem(Problem::unavailable("catalog").with_type("catalog-unavailable"));
+        assert_eq!(classify(&Attempt::ServerError(unavailable, catalog_down)), Failure::Answer);
+        assert_eq!(
+            classify(&Attempt::ServerError(unavailable, problem(Problem::unavailable("database")))),
+            Failure::Unhealthy
+        );
+        assert_eq!(classify(&Attempt::ServerError(unavailable, Bytes::from("<html>"))), Failure::Unhealthy);
+        let internal = problem(Problem::internal());
+        assert_eq!(
+            classify(&Attempt::ServerError(StatusCode::INTERNAL_SERVER_ERROR, internal)),
+            Failure::Unhealthy
+        );
+        let sold_out = problem(Problem::conflict("sold out").with_type("sold-out"));
+        assert_eq!(classify(&Attempt::Rejected(StatusCode::CONFLICT, sold_out)), Failure::Answer);
+    }
+
+    #[tokio::test]
+    async fn ordering_saying_catalog_is_down_never_opens_orderings_circuit() {
+        let policy = Policy {
+            service: Service::Ordering,
+            deadline: Duration::from_secs(5),
+            breaker: CircuitBreaker::new("ordering", 3, Duration::from_secs(60)),
+        };
+        let calls = AtomicU32::new(0);
+        let catalog_down = problem(Problem::unavailable("catalog").with_type("catalog-unavailable"));
+        for _ in 0..10 {
+            let result: Result<(), _> = policy
+                .call(
+                    "placeOrder",
+                    Retry::Idempotent,
+                    || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let body = catalog_down.clone();
+                        async move { Err(Attempt::ServerError(StatusCode::SERVICE_UNAVAILABLE, body)) }
+                    },
+                    classify,
+                )
+                .await;
+            assert!(matches!(result, Err(CallError::Failed(_))), "answered, not cut off by the circuit");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 10, "every call reached ordering, none was retried");
+
+        // Ordering itself unwell: three failures open its circuit.
+        let unwell = problem(Problem::unavailable("the database is unavailable"));
+        for _ in 0..3 {
+            let _ =
+                policy
+                    .call(
+                        "order",
+                        Retry::Never,
+                        || {
+                            let body = unwell.clone();
+                            async move {
+                                Err::<(), _>(Attempt::ServerError(StatusCode::SERVICE_UNAVAILABLE, body))
+                            }
+                        },
+                        classify,
+                    )
+                    .await;
+        }
+        let open = policy.call("order", Retry::Never, || async { Ok::<_, Attempt>(()) }, classify).await;
+        assert!(matches!(open, Err(CallError::Open)));
     }
 }

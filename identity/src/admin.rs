@@ -37,6 +37,6 @@ pub async fn rotate_signing_key(database_url: &str, activate_after: Duration) ->
 async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     let mut config = DatabaseConfig::for_url(database_url);
     config.max_connections = 2;
-    // Migrating makes the command work against a database the service has not started on yet.
-    platform::db::connect_and_migrate(&config, &crate::MIGRATOR).await
+    // Creating and migrating makes the command work before the service has ever started.
+    platform::db::prepare(&config, &crate::MIGRATOR).await
 }

@@ -167,6 +167,11 @@ pub async fn ensure_key(pool: &PgPool) -> anyhow::Result<()> {
 pub async fn rotate(pool: &PgPool, activate_after: Duration) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_LOCK_ID).execute(&mut *tx).await?;
+    // With no key yet there is nothing to hand over from: a delayed first key would leave identity
+    // unable to sign until it activates.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys)").fetch_one(&mut *tx).await?;
+    let activate_after = if exists { activate_after } else { Duration::ZERO };
     let kid = insert_new_key(&mut tx, activate_after).await?;
     let deleted = sqlx::query(
         "DELETE FROM signing_keys k

@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
             let kid =
                 operator_command(identity::admin::rotate_signing_key(&config.database.url, activate_after))
                     .await;
-            println!("new signing key {kid} is published now and starts signing in {activate_after_secs} s");
+            println!(
+                "new signing key {kid} starts signing in {activate_after_secs} s; running replicas publish it \
+                 at their next key reload (SIGNING_KEYS_RELOAD_SECS)"
+            );
             Ok(())
         }
     }

@@ -39,3 +39,24 @@ async fn granting_to_an_unknown_account_or_an_unknown_role_fails() {
     let error = identity::admin::grant_role(&app.db.url, &email, "root").await.unwrap_err();
     assert!(error.to_string().contains("unknown role"), "{error}");
 }
+
+#[tokio::test]
+async fn rotating_the_key_before_the_service_ever_started_creates_a_key_that_signs_at_once() {
+    integration::init();
+    let db = integration::TestDatabase::create(&integration::TestNames::new().database("identity"))
+        .await
+        .expect("test database");
+    // The command must create the database itself; the guard still drops it afterwards.
+    platform::db::drop_database(&db.url).await.expect("drop the fresh database");
+
+    let kid = identity::admin::rotate_signing_key(&db.url, std::time::Duration::from_secs(120))
+        .await
+        .expect("rotate on a database the service never used");
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let (stored, active): (String, bool) =
+        sqlx::query_as("SELECT kid, activates_at <= now() FROM signing_keys").fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    assert_eq!(stored, kid);
+    assert!(active, "with no key to hand over from, the first key must sign at once");
+}

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
 
 pub mod cache;
 pub mod concerts;
@@ -101,7 +102,7 @@ impl App {
         };
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<CatalogServer<CatalogService>>().await;
+        set_grpc_serving(&health_reporter, true).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -136,6 +137,7 @@ impl App {
                     async move { cache.ping().await }
                 }
             });
+        let grpc_health = mirror_health_to_grpc(health_reporter.clone(), checks.clone(), shutdown.clone());
         let admin =
             platform::http::with_common_layers(platform::health::router(checks), HttpLimits::default());
         let http = platform::http::serve(http_listener, admin, shutdown.clone());
@@ -148,16 +150,44 @@ impl App {
             }
             result
         };
-        let (grpc, http, ()) = tokio::join!(
+        let (grpc, http, (), ()) = tokio::join!(
             async { stop_all(grpc.await.context("gRPC server")) },
             async { stop_all(http.await.context("admin HTTP server")) },
             sweeper,
+            grpc_health,
         );
-        health_reporter.set_not_serving::<CatalogServer<CatalogService>>().await;
+        set_grpc_serving(&health_reporter, false).await;
         pool.close().await;
         tracing::info!("catalog stopped");
         grpc.and(http)
     }
+}
+
+/// How often `grpc.health.v1` is brought in line with the dependency checks.
+const GRPC_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `grpc.health.v1` in step with `/health`: NOT_SERVING while Postgres is down (a Redis outage
+/// only degrades), so gRPC clients such as ordering and the gateway see what the HTTP probe sees.
+async fn mirror_health_to_grpc(reporter: HealthReporter, checks: HealthChecks, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(GRPC_HEALTH_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let serving = checks.report().await.status != platform::health::Status::Unhealthy;
+        set_grpc_serving(&reporter, serving).await;
+    }
+}
+
+/// Sets both the whole server's status (service "", what clients usually ask) and the Catalog service's.
+async fn set_grpc_serving(reporter: &HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(<CatalogServer<CatalogService> as tonic::server::NamedService>::NAME, status)
+        .await;
 }
 
 /// One span per gRPC call, a child of the caller's W3C trace context when it sent one.

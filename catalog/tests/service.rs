@@ -46,6 +46,48 @@ async fn grpc_health_reports_the_catalog_serving_and_reflection_lists_it() {
 }
 
 #[tokio::test]
+async fn grpc_health_follows_postgres_so_clients_see_what_the_http_probe_sees() {
+    integration::init();
+    let postgres = "127.0.0.1:5432".parse().unwrap();
+    let proxy = integration::TcpProxy::start(postgres).await.unwrap();
+    let catalog = spawn_with(Settings { postgres_via: Some(proxy.addr), ..Settings::default() }).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", catalog.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+
+    proxy.cut();
+    assert!(
+        grpc_status_becomes(&health, ServingStatus::NotServing).await,
+        "NOT_SERVING while Postgres is unreachable"
+    );
+    assert_eq!(catalog.health().await.0, 503);
+
+    proxy.restore();
+    assert!(
+        grpc_status_becomes(&health, ServingStatus::Serving).await,
+        "SERVING again once Postgres is back"
+    );
+}
+
+/// Polls the server-wide gRPC health status until it is `wanted` (15 s at most).
+async fn grpc_status_becomes(
+    health: &HealthClient<tonic::transport::Channel>,
+    wanted: ServingStatus,
+) -> bool {
+    support::eventually(std::time::Duration::from_secs(15), || {
+        let mut health = health.clone();
+        async move {
+            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            health.check(request).await.is_ok_and(|r| r.into_inner().status() == wanted)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn the_admin_port_serves_health_liveness_and_metrics() {
     let catalog = spawn().await;
     let (status, body) = catalog.health().await;

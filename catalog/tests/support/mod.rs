@@ -39,6 +39,8 @@ pub struct Settings {
     pub identity_url: String,
     pub sweep_interval_secs: f64,
     pub seed: bool,
+    /// Reach Postgres through this address (a `TcpProxy` in front of 127.0.0.1:5432) instead.
+    pub postgres_via: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             identity_url: "http://127.0.0.1:9".to_owned(),
             sweep_interval_secs: 60.0,
             seed: false,
+            postgres_via: None,
         }
     }
 }
@@ -63,7 +66,13 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
     let names = TestNames::new();
     let db = TestDatabase::create(&names.database("catalog")).await.expect("create the test database");
     let vars: HashMap<&'static str, String> = HashMap::from([
-        ("DATABASE_URL", db.url.clone()),
+        (
+            "DATABASE_URL",
+            match settings.postgres_via {
+                Some(via) => db.url.replace("127.0.0.1:5432", &via.to_string()),
+                None => db.url.clone(),
+            },
+        ),
         // Flash-sale tests queue many requests on the pool of a busy 2-core machine.
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
         // Tests run in parallel against one Postgres: small pools keep them under its limit.

@@ -70,6 +70,8 @@ pub struct GraphqlLimits {
     pub max_batch: usize,
     /// `INTROSPECTION_ENABLED` (true).
     pub introspection: bool,
+    /// `WS_MAX_SUBSCRIPTIONS` (20): live subscriptions one WebSocket connection may hold.
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -80,6 +82,7 @@ impl Default for GraphqlLimits {
             max_query_bytes: 16 * 1024,
             max_batch: 10,
             introspection: true,
+            max_subscriptions_per_connection: 20,
         }
     }
 }
@@ -119,6 +122,7 @@ impl Config {
             max_query_bytes: env.int_in("GRAPHQL_MAX_QUERY_BYTES", 16 * 1024, 256..=1024 * 1024)?,
             max_batch: env.int_in("GRAPHQL_MAX_BATCH", 10, 0..=100)?,
             introspection: env.bool("INTROSPECTION_ENABLED", true)?,
+            max_subscriptions_per_connection: env.int_in("WS_MAX_SUBSCRIPTIONS", 20, 1..=1000)?,
         };
         let rate_limits = RateLimits {
             requests_per_second: non_zero(env, "RATE_LIMIT_PER_SECOND", 50)?,
@@ -189,6 +193,7 @@ mod tests {
         assert_eq!(config.graphql.max_depth, 10);
         assert_eq!(config.graphql.max_complexity, 500);
         assert!(config.graphql.introspection && config.playground_enabled);
+        assert_eq!(config.graphql.max_subscriptions_per_connection, 20);
     }
 
     #[test]
@@ -215,6 +220,7 @@ mod tests {
             "DOWNSTREAM_TIMEOUT_SECONDS"
         );
         assert_eq!(config(&[("RATE_LIMIT_PER_SECOND", "0")]).unwrap_err().name, "RATE_LIMIT_PER_SECOND");
+        assert_eq!(config(&[("WS_MAX_SUBSCRIPTIONS", "0")]).unwrap_err().name, "WS_MAX_SUBSCRIPTIONS");
         let err =
             config(&[("HTTP_MAX_BODY_BYTES", "2048"), ("GRAPHQL_MAX_QUERY_BYTES", "4096")]).unwrap_err();
         assert_eq!(err.name, "HTTP_MAX_BODY_BYTES");

@@ -83,6 +83,9 @@ pub enum GatewayError {
     PaymentDeclined(String),
     #[error("too many requests, try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// A WebSocket connection asked for more live subscriptions than it may hold.
+    #[error("at most {max} subscriptions may be open on one connection")]
+    TooManySubscriptions { max: usize },
     #[error("{0} is unavailable, try again later")]
     Unavailable(Service),
     /// Something that should not happen; the cause is logged, never shown.
@@ -111,7 +114,7 @@ impl GatewayError {
             Self::BadUserInput { .. } => ErrorCode::BadUserInput,
             Self::SoldOut => ErrorCode::SoldOut,
             Self::PaymentDeclined(_) => ErrorCode::PaymentDeclined,
-            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::RateLimited { .. } | Self::TooManySubscriptions { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -39,9 +39,16 @@ impl OrderEvents {
         self.sender.subscribe()
     }
 
-    /// Whether the consumer is attached to the broker right now (for `/health`).
+    /// Whether the consumer is attached to the broker right now (for `/health`): its queue is bound
+    /// and consumed, so an event published from now on reaches the subscriptions.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Receivers listening now: one per live subscription (which subscribes before it checks
+    /// anything, so an event sent once this counts it reaches it).
+    pub fn listeners(&self) -> usize {
+        self.sender.receiver_count()
     }
 
     /// Hands an event to every subscription; for the consumer, and tests of the fan-out.

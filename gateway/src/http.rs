@@ -7,8 +7,9 @@
 //! - The body is read with a limit (the extractor would bypass axum's `DefaultBodyLimit`), batches
 //!   are bounded, the query text is bounded (in the schema extension, for WebSocket too).
 //! - Every GraphQL request and WebSocket upgrade spends the client IP's rate-limit budget.
-//! - WebSocket messages are bounded, and the socket authenticates in `connection_init`; cookies play
-//!   no part, so a cross-site page cannot ride on a user's session.
+//! - WebSocket messages are bounded, a connection holds a bounded number of live subscriptions, and
+//!   the socket authenticates in `connection_init`; cookies play no part, so a cross-site page
+//!   cannot ride on a user's session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::error::GatewayError;
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
+use crate::subscriptions::SubscriptionSlots;
 
 /// How long a new WebSocket may take to send `connection_init`.
 const CONNECTION_INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -235,6 +237,7 @@ async fn connection_data(
     data.insert(credentials);
     data.insert(client);
     data.insert(ConcertLoader::new(state.services.catalog.clone()));
+    data.insert(SubscriptionSlots::new(state.limits.max_subscriptions_per_connection));
     Ok(data)
 }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod playground;
 pub mod rate_limit;
 pub mod schema;
+pub mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,13 @@ impl App {
         self.http_addr
     }
 
+    /// The order event hub: whether its consumer is bound to the broker
+    /// ([`OrderEvents::is_connected`], also `/health`'s `rabbitmq` check) and how many subscriptions
+    /// listen ([`OrderEvents::listeners`]).
+    pub fn order_events(&self) -> OrderEvents {
+        self.services.events.clone()
+    }
+
     /// Where a person on this machine opens the playground.
     pub fn playground_url(&self) -> String {
         let mut addr = self.http_addr;
@@ -132,6 +140,7 @@ fn health_checks(services: &Arc<Services>) -> HealthChecks {
             let services = catalog.clone();
             async move { services.catalog.health().await }
         })
+        // Healthy only once the consumer's queue is bound: before that, events are missed.
         .optional("rabbitmq", move || {
             let connected = events.is_connected();
             async move { if connected { Ok(()) } else { Err("not consuming order events".to_owned()) } }

@@ -62,7 +62,9 @@ async fn subscriptions_carry_on_after_the_broker_comes_back() {
         .await;
     let fan = gateway.sign_up(&unique_email("fan")).await;
     let mut socket = gateway.websocket(&fan).await;
-    socket.subscribe("subscription { myOrderUpdates { orderId status } }", json!({})).await;
+    gateway
+        .subscribe_and_wait(&mut socket, "subscription { myOrderUpdates { orderId status } }", json!({}))
+        .await;
 
     proxy.cut();
     wait_for_rabbitmq(&stack, false).await;

@@ -1,6 +1,6 @@
 //! What the gateway refuses on its own, before any service behind it is asked: oversized and
-//! abusive queries, mutations over GET, cross-site form posts, anonymous orders, floods; and the
-//! offline playground.
+//! abusive queries, mutations over GET, cross-site form posts, anonymous orders, floods, too many
+//! subscriptions on one socket; and the offline playground.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use serde_json::{Value, json};
-use support::{Gateway, Socket, error_code};
+use support::{Gateway, Socket, Stack, error_code, unique_email};
 
 /// A port where catalog would be, counting the connections the gateway opens to it.
 async fn counting_catalog() -> (String, Arc<AtomicUsize>) {
@@ -290,4 +290,36 @@ async fn shuts_down_promptly_with_websockets_open() {
     gateway.service.stop().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(socket.receive(Duration::from_secs(5)).await.is_none(), "the socket was closed");
+}
+
+#[tokio::test]
+async fn one_websocket_may_hold_only_so_many_subscriptions() {
+    let stack = Stack::start_with(&[("WS_MAX_SUBSCRIPTIONS", "2")]).await;
+    let gateway = &stack.gateway;
+    let fan = gateway.sign_up(&unique_email("fan")).await;
+    let watch = "subscription { myOrderUpdates { status } }";
+
+    let mut socket = gateway.websocket(&fan).await;
+    let first = gateway.subscribe_and_wait(&mut socket, watch, json!({})).await;
+    gateway.subscribe_and_wait(&mut socket, watch, json!({})).await;
+    socket.subscribe(watch, json!({})).await;
+    let refused = socket.next_payload(Duration::from_secs(10)).await;
+    assert_eq!(error_code(&refused).as_deref(), Some("RATE_LIMITED"), "{refused}");
+    let done = socket.receive(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done["type"], "complete", "the refused subscription ends: {done}");
+    assert_eq!(gateway.events.listeners(), 2, "the refused one never listened");
+
+    // Stopping one gives its place back.
+    socket.complete(&first).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gateway.events.listeners() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the stopped subscription kept listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.subscribe_and_wait(&mut socket, watch, json!({})).await;
+
+    // The budget is the connection's: another socket has its own.
+    let mut other = gateway.websocket(&fan).await;
+    gateway.subscribe_and_wait(&mut other, watch, json!({})).await;
+    assert_eq!(gateway.events.listeners(), 3);
 }

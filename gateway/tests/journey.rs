@@ -81,8 +81,9 @@ async fn a_fan_browses_buys_pays_watches_and_cancels_through_graphql() {
 
     // Watch my orders live before buying.
     let mut socket = gateway.websocket(&token).await;
-    socket
-        .subscribe_and_settle(
+    gateway
+        .subscribe_and_wait(
+            &mut socket,
             "subscription { myOrderUpdates { kind orderId status total { cents } concert { title } } }",
             json!({}),
         )

@@ -17,6 +17,7 @@ use super::{Services, paging, parse_id};
 use crate::auth::{self, Viewer};
 use crate::downstream::ordering::OrderDto;
 use crate::error::GatewayError;
+use crate::subscriptions::{SubscriptionSlot, SubscriptionSlots};
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -273,11 +274,12 @@ impl OrderSubscriptions {
     ) -> Result<impl Stream<Item = async_graphql::Result<OrderUpdate>> + use<>, GatewayError> {
         let viewer = auth::viewer(ctx)?.clone();
         let order_id = parse_id(&order_id, "orderId")?;
+        let slot = subscription_slot(ctx)?;
         let services = Services::of(ctx);
         // Listen before checking, so nothing that happens in between is missed.
         let events = services.events.subscribe();
         services.ordering.get(&viewer.token, order_id).await?;
-        Ok(updates(events, viewer, Some(order_id)))
+        Ok(updates(events, viewer, Some(order_id), slot))
     }
 
     /// Changes to any of the subscriber's orders.
@@ -286,20 +288,30 @@ impl OrderSubscriptions {
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = async_graphql::Result<OrderUpdate>> + use<>, GatewayError> {
         let viewer = auth::viewer(ctx)?.clone();
-        Ok(updates(Services::of(ctx).events.subscribe(), viewer, None))
+        let slot = subscription_slot(ctx)?;
+        Ok(updates(Services::of(ctx).events.subscribe(), viewer, None, slot))
     }
 }
 
-/// The subscriber's events (of one order, or all), until its token expires.
+/// A place in the WebSocket connection's subscription budget. Without a budget (a schema run
+/// outside a WebSocket connection) nothing is counted.
+fn subscription_slot(ctx: &Context<'_>) -> Result<Option<SubscriptionSlot>, GatewayError> {
+    ctx.data_opt::<SubscriptionSlots>().map(SubscriptionSlots::acquire).transpose()
+}
+
+/// The subscriber's events (of one order, or all), until its token expires; `slot` is held as long
+/// as the stream lives.
 fn updates(
     events: tokio::sync::broadcast::Receiver<Arc<OrderEvent>>,
     viewer: Viewer,
     order_id: Option<Uuid>,
+    slot: Option<SubscriptionSlot>,
 ) -> impl Stream<Item = async_graphql::Result<OrderUpdate>> {
     let expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
     let user = viewer.id;
     let live = BroadcastStream::new(events)
         .filter_map(move |received| {
+            let _held = &slot;
             let update = match received {
                 Ok(event) if is_for(&event, user, order_id) => Some(Ok(OrderUpdate(event))),
                 Ok(_) => None,
@@ -363,7 +375,7 @@ mod tests {
     async fn subscribers_see_only_their_own_orders() {
         let hub = OrderEvents::new(16);
         let (me, someone_else, mine) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let stream = updates(hub.subscribe(), viewer(me, chrono::Duration::minutes(5)), None);
+        let stream = updates(hub.subscribe(), viewer(me, chrono::Duration::minutes(5)), None, None);
         hub.publish(event(someone_else, Uuid::new_v4(), Status::Pending));
         hub.publish(event(me, mine, Status::Pending));
         hub.publish(event(me, mine, Status::Confirmed));
@@ -375,7 +387,7 @@ mod tests {
     async fn an_order_subscription_ignores_the_users_other_orders() {
         let hub = OrderEvents::new(16);
         let (me, watched, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let stream = updates(hub.subscribe(), viewer(me, chrono::Duration::minutes(5)), Some(watched));
+        let stream = updates(hub.subscribe(), viewer(me, chrono::Duration::minutes(5)), Some(watched), None);
         hub.publish(event(me, other, Status::Pending));
         hub.publish(event(me, watched, Status::Cancelled));
         let first = Box::pin(stream).next().await.unwrap().ok().unwrap();
@@ -386,7 +398,7 @@ mod tests {
     async fn a_subscription_ends_when_its_token_expires() {
         let hub = OrderEvents::new(16);
         let stream =
-            updates(hub.subscribe(), viewer(Uuid::new_v4(), chrono::Duration::milliseconds(50)), None);
+            updates(hub.subscribe(), viewer(Uuid::new_v4(), chrono::Duration::milliseconds(50)), None, None);
         let items: Vec<_> =
             tokio::time::timeout(std::time::Duration::from_secs(5), stream.collect::<Vec<_>>())
                 .await

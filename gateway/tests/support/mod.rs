@@ -1,6 +1,7 @@
 //! Runs the gateway for one test, alone or in front of the whole stack (identity, catalog, ordering
 //! in-process, each with its own database, catalog with its own Redis prefix, all on the test's
-//! exchange), and talks GraphQL to it over HTTP and WebSocket like a client app would.
+//! exchange), and talks GraphQL to it over HTTP and WebSocket like a client app would. The test's
+//! exchange is deleted when its gateway goes.
 #![allow(dead_code)] // each test file uses a different part of this module
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -21,10 +22,19 @@ use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// Each service's pool behind the gateway: small, so that parallel tests' stacks stay well under
+/// Postgres's 100 connections.
+const SERVICE_POOL_SIZE: &str = "4";
+
 /// A gateway running in this test.
 pub struct Gateway {
+    /// First, so it runs first: deletes the test's exchange while nothing can re-declare it
+    /// (dropping blocks the test's runtime, so no service is running).
+    _exchange_cleanup: Option<ExchangeCleanup>,
     pub service: RunningService,
     pub http: reqwest::Client,
+    /// The gateway's event hub, to see when subscriptions listen.
+    pub events: gateway::events::OrderEvents,
 }
 
 impl Gateway {
@@ -42,10 +52,16 @@ impl Gateway {
         ]);
         all.extend(vars);
         let config = gateway::Config::from_env(&Env::new(&all)).expect("test configuration is valid");
+        // Only a test's own exchange is ever deleted.
+        let exchange_cleanup = Some(config.events.exchange.clone())
+            .filter(|exchange| exchange.starts_with("ticketflow.events.test."))
+            .map(|exchange| ExchangeCleanup { exchange });
         let app = gateway::App::build(config).await.expect("gateway builds");
+        let events = app.order_events();
         let shutdown = CancellationToken::new();
         let service = RunningService::spawn("gateway", app.http_addr(), shutdown.clone(), app.run(shutdown));
-        let gateway = Gateway { service, http: reqwest::Client::new() };
+        let gateway =
+            Gateway { _exchange_cleanup: exchange_cleanup, service, http: reqwest::Client::new(), events };
         gateway.wait_alive().await;
         gateway
     }
@@ -76,6 +92,34 @@ impl Gateway {
 
     pub fn url(&self) -> String {
         self.service.http_url()
+    }
+
+    /// Waits until `/health` says the event consumer is bound to the broker: from then on, events
+    /// reach subscriptions (one published before is lost).
+    pub async fn wait_consuming(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let report: Value =
+                self.http.get(format!("{}/health", self.url())).send().await.unwrap().json().await.unwrap();
+            if report["checks"]["rabbitmq"]["status"] == "healthy" {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the event consumer never connected: {report}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a subscription on `socket` and waits until the gateway listens to events for it, so
+    /// that what the test does next is seen (graphql-transport-ws does not acknowledge a start).
+    pub async fn subscribe_and_wait(&self, socket: &mut Socket, query: &str, variables: Value) -> String {
+        let before = self.events.listeners();
+        let id = socket.subscribe(query, variables).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while self.events.listeners() <= before {
+            assert!(tokio::time::Instant::now() < deadline, "subscription {id} never started listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        id
     }
 
     pub fn graphql_url(&self) -> String {
@@ -174,6 +218,7 @@ impl Stack {
         let identity_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", identity_db.url.clone()),
+            ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
         ]);
         let app = identity::App::build(identity::Config::from_env(&Env::new(&identity_vars)).unwrap())
@@ -187,6 +232,7 @@ impl Stack {
         let catalog_db = TestDatabase::create(&names.database("catalog")).await.unwrap();
         let catalog_vars = vars(&[
             ("DATABASE_URL", catalog_db.url.clone()),
+            ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("REDIS_URL", integration::redis_url()),
@@ -206,6 +252,7 @@ impl Stack {
         let ordering_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", ordering_db.url.clone()),
+            ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("CATALOG_GRPC_URL", format!("http://{catalog_grpc}")),
             ("IDENTITY_URL", identity_url.clone()),
             ("AMQP_URL", integration::amqp_url()),
@@ -232,6 +279,8 @@ impl Stack {
         vars.extend(gateway_vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let gateway = Gateway::start(vars).await;
         gateway.service.wait_healthy(Duration::from_secs(30)).await.unwrap();
+        // RabbitMQ is optional for /health (200 while it is degraded): wait for it explicitly.
+        gateway.wait_consuming().await;
 
         Stack {
             names,
@@ -333,12 +382,9 @@ impl Socket {
         id
     }
 
-    /// Starts a subscription and gives the server a moment to attach it to the event stream, so
-    /// that what the test does next is seen (graphql-transport-ws does not acknowledge a start).
-    pub async fn subscribe_and_settle(&mut self, query: &str, variables: Value) -> String {
-        let id = self.subscribe(query, variables).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        id
+    /// Stops an operation (graphql-transport-ws `complete` from the client).
+    pub async fn complete(&mut self, id: &str) {
+        self.send(json!({ "id": id, "type": "complete" })).await;
     }
 
     /// The payload of the next `next` message.
@@ -346,5 +392,38 @@ impl Socket {
         let message = self.receive(within).await.expect("the socket stays open");
         assert_eq!(message["type"], "next", "{message}");
         message["payload"].clone()
+    }
+}
+
+/// Deletes a test's exchange when dropped.
+struct ExchangeCleanup {
+    exchange: String,
+}
+
+impl Drop for ExchangeCleanup {
+    fn drop(&mut self) {
+        // Durable (as in production) and named for this test alone. The test's runtime cannot be
+        // blocked on, so a short-lived one on its own thread does the deleting.
+        let exchange = self.exchange.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let connection = lapin::Connection::connect(
+                    &integration::amqp_url(),
+                    lapin::ConnectionProperties::default(),
+                )
+                .await?;
+                let channel = connection.create_channel().await?;
+                let _ = channel
+                    .exchange_delete(
+                        exchange.as_str().into(),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+                connection.close(200, "bye".into()).await
+            })?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .join();
     }
 }

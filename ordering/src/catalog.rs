@@ -311,9 +311,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_catalog_fails_fast_and_opens_the_circuit() {
-        // Port 9 (discard) on localhost refuses connections.
+        // A port bound but not listening refuses connections, and nothing else can take it meanwhile
+        // (unlike "nothing listens on port 9", which an inetd discard service breaks).
+        let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+        refusing.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let config = CatalogConfig {
-            url: "http://127.0.0.1:9".into(),
+            url: format!("http://{}", refusing.local_addr().unwrap()),
             timeout: Duration::from_millis(500),
             attempts: 2,
             breaker_failures: 2,

@@ -92,7 +92,9 @@ async fn confirming_twice_is_a_conflict_and_announces_one_confirmation() {
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
     assert!(statuses.iter().all(|s| matches!(*s, StatusCode::OK | StatusCode::CONFLICT)), "{statuses:?}");
 
-    let received = events.drain(Duration::from_secs(2)).await;
+    // Two created, two confirmed, and nothing more.
+    let received = events.take(4).await;
+    assert!(events.next(Duration::from_millis(500)).await.is_none(), "one confirmation per order");
     let confirmations = |id: &str| {
         received
             .iter()

@@ -41,7 +41,8 @@ async fn with_catalog_unreachable_placing_an_order_fails_fast_and_writes_nothing
     }
     let started = Instant::now();
     assert_eq!(stack.place(&buyer, "open", concert, 1).await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(1), "open circuit took {:?}", started.elapsed());
+    // Well under one catalog attempt's 3 s deadline: no attempt was made.
+    assert!(started.elapsed() < Duration::from_secs(2), "open circuit took {:?}", started.elapsed());
     let health = stack.health().await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["checks"]["postgres"]["status"], "healthy");

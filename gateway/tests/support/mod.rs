@@ -35,6 +35,8 @@ pub struct Gateway {
     pub http: reqwest::Client,
     /// The gateway's event hub, to see when subscriptions listen.
     pub events: gateway::events::OrderEvents,
+    /// Where [`Gateway::alone`]'s services would be: a port bound but not listening.
+    _refusing: Option<tokio::net::TcpSocket>,
 }
 
 impl Gateway {
@@ -60,22 +62,33 @@ impl Gateway {
         let events = app.order_events();
         let shutdown = CancellationToken::new();
         let service = RunningService::spawn("gateway", app.http_addr(), shutdown.clone(), app.run(shutdown));
-        let gateway =
-            Gateway { _exchange_cleanup: exchange_cleanup, service, http: reqwest::Client::new(), events };
+        let gateway = Gateway {
+            _exchange_cleanup: exchange_cleanup,
+            service,
+            http: reqwest::Client::new(),
+            events,
+            _refusing: None,
+        };
         gateway.wait_alive().await;
         gateway
     }
 
-    /// A gateway whose downstream services are all unreachable (nothing listens on port 9).
+    /// A gateway whose downstream services are all unreachable: their address is a port bound but
+    /// not listening, which refuses connections and which nothing else can take during the test.
     pub async fn alone(vars: &[(&'static str, &str)]) -> Gateway {
+        let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+        refusing.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let nowhere = format!("http://{}", refusing.local_addr().unwrap());
         let mut all: HashMap<&'static str, String> = HashMap::from([
-            ("IDENTITY_URL", "http://127.0.0.1:9".to_owned()),
-            ("ORDERING_URL", "http://127.0.0.1:9".to_owned()),
-            ("CATALOG_GRPC_URL", "http://127.0.0.1:9".to_owned()),
+            ("IDENTITY_URL", nowhere.clone()),
+            ("ORDERING_URL", nowhere.clone()),
+            ("CATALOG_GRPC_URL", nowhere),
             ("EVENTS_EXCHANGE", TestNames::new().exchange()),
         ]);
         all.extend(vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        Self::start(all).await
+        let mut gateway = Self::start(all).await;
+        gateway._refusing = Some(refusing);
+        gateway
     }
 
     async fn wait_alive(&self) {

@@ -503,6 +503,18 @@ impl Events {
         self.next(Duration::from_secs(20)).await.expect("an event within 20 s")
     }
 
+    /// The next `n` events, each of which must arrive within 20 s of the one before.
+    pub async fn take(&mut self, n: usize) -> Vec<Received> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            let Some(event) = self.next(Duration::from_secs(20)).await else {
+                panic!("only {} of {n} events arrived", events.len());
+            };
+            events.push(event);
+        }
+        events
+    }
+
     /// Every event that arrives until none has come for `quiet`.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Received> {
         let mut events = Vec::new();

@@ -24,9 +24,9 @@ pub async fn grant_role(database_url: &str, email: &str, role: &str) -> anyhow::
     Ok(())
 }
 
-/// Creates a new signing key that starts signing after `activate_after` (published in the JWKS at
-/// once, so verifiers know it before its first token), and returns its key id. The previous key stays
-/// published until the tokens it signed have expired.
+/// Creates a new signing key that starts signing after `activate_after` (at once when it is the first
+/// key), and returns its key id. Replicas publish it at their next key reload, before its first token;
+/// the previous key stays published until the tokens it signed have expired.
 pub async fn rotate_signing_key(database_url: &str, activate_after: Duration) -> anyhow::Result<String> {
     let pool = connect(database_url).await?;
     let rotated = crate::keys::rotate(&pool, activate_after).await;

@@ -22,8 +22,9 @@ enum Command {
     GrantRole { email: String, role: String },
     /// Create a new token-signing key; the current one keeps verifying until its tokens expire.
     RotateSigningKey {
-        /// Seconds before the new key starts signing. It is published at once, so verifiers caching
-        /// the JWKS learn it before its first token; keep this above SIGNING_KEYS_RELOAD_SECS.
+        /// Seconds before the new key starts signing (ignored for the very first key, which signs at
+        /// once). Replicas publish it at their next key reload, so verifiers learn it before its first
+        /// token as long as this is above SIGNING_KEYS_RELOAD_SECS.
         #[arg(long, default_value_t = 120)]
         activate_after_secs: u64,
     },
@@ -53,8 +54,8 @@ async fn main() -> anyhow::Result<()> {
                 operator_command(identity::admin::rotate_signing_key(&config.database.url, activate_after))
                     .await;
             println!(
-                "new signing key {kid} starts signing in {activate_after_secs} s; running replicas publish it \
-                 at their next key reload (SIGNING_KEYS_RELOAD_SECS)"
+                "new signing key {kid} starts signing in {activate_after_secs} s (at once if it is the first \
+                 key); running replicas publish it at their next key reload (SIGNING_KEYS_RELOAD_SECS)"
             );
             Ok(())
         }

@@ -26,8 +26,8 @@ pub async fn enqueue(conn: &mut PgConnection, event: &OrderEvent) -> Result<(), 
     Ok(())
 }
 
-/// The trace context to send with an event. Without an active trace (no tracing export configured)
-/// the event starts one of its own, so the consumers' logs of one event still share a trace id.
+/// The trace context to send with an event. Without an active trace (an event written outside any
+/// request span) the event starts one of its own, so its consumers still share a trace id.
 fn trace_headers(mut current: HashMap<String, String>) -> HashMap<String, String> {
     if !current.contains_key("traceparent") {
         let trace_id = Uuid::new_v4().simple().to_string();

@@ -110,7 +110,9 @@ impl From<AuthError> for Problem {
         match error {
             AuthError::KeysUnavailable(_) => {
                 tracing::error!(%error, "cannot verify tokens");
-                Problem::unavailable("cannot verify credentials right now")
+                // Named for the dependency, so callers (the gateway's breakers) can tell "identity is
+                // down" from "this service is unwell".
+                Problem::unavailable("cannot verify credentials right now").with_type("identity-unavailable")
             }
             other => Problem::unauthorized(other.to_string()),
         }

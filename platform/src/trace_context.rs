@@ -1,8 +1,9 @@
 //! W3C trace context (`traceparent`) across process hops.
 //!
 //! Outgoing calls copy the current span's context into headers ([`current_headers`]); incoming
-//! requests and messages make their span a child of the caller's ([`set_parent`]). With no exporter
-//! configured the ids are still propagated, so logs of one journey share a trace id end to end.
+//! requests and messages make their span a child of the caller's ([`set_parent`]). Spans get ids
+//! whether or not they are exported (see `telemetry`), so one journey keeps one trace id across hops;
+//! exported spans, the gateway's error `traceId` and event headers carry it (log lines do not yet).
 
 use std::collections::HashMap;
 

@@ -192,7 +192,7 @@ async fn set_grpc_serving(reporter: &HealthReporter, serving: bool) {
 
 /// One span per gRPC call, a child of the caller's W3C trace context when it sent one.
 fn grpc_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc.request", rpc.method = %request.uri().path());
+    let span = tracing::info_span!("grpc.request", rpc.method = %request.uri().path(), trace.id = tracing::field::Empty);
     platform::trace_context::set_parent(&span, &platform::trace_context::HeaderExtractor(request.headers()));
     span
 }

@@ -244,6 +244,7 @@ impl Worker {
             messaging.attempt = attempt,
             event.id = tracing::field::Empty,
             order.id = tracing::field::Empty,
+            trace.id = tracing::field::Empty,
         );
         platform::trace_context::set_parent(&span, &HeaderExtractor(delivery.properties.headers().as_ref()));
         async {

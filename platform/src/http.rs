@@ -58,6 +58,7 @@ fn make_span(request: &Request) -> tracing::Span {
         http.method = %request.method(),
         http.route = %route,
         request.id = %request_id,
+        trace.id = tracing::field::Empty,
     );
     trace_context::set_parent(&span, &HeaderExtractor(request.headers()));
     span

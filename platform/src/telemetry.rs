@@ -123,6 +123,19 @@ mod tests {
                 traceparent.starts_with("00-") && !traceparent.contains("00000000000000000000000000000000"),
                 "{traceparent:?}"
             );
+
+            let incoming: std::collections::HashMap<String, String> = [(
+                "traceparent".to_owned(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            )]
+            .into();
+            let child = tracing::info_span!("child", trace.id = tracing::field::Empty);
+            let recorded = crate::trace_context::set_parent(&child, &incoming);
+            assert_eq!(
+                recorded.as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "the caller's trace continues"
+            );
         });
     }
 }

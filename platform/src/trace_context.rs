@@ -3,11 +3,13 @@
 //! Outgoing calls copy the current span's context into headers ([`current_headers`]); incoming
 //! requests and messages make their span a child of the caller's ([`set_parent`]). Spans get ids
 //! whether or not they are exported (see `telemetry`), so one journey keeps one trace id across hops;
-//! exported spans, the gateway's error `traceId` and event headers carry it (log lines do not yet).
+//! exported spans, the gateway's error `traceId`, event headers and the `trace.id` field of log lines
+//! inside request spans carry it.
 
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The current span's context as `traceparent`/`tracestate` pairs.
@@ -20,10 +22,18 @@ pub fn current_headers() -> HashMap<String, String> {
     carrier
 }
 
-/// Makes `span` a child of the context found in `carrier`, if any.
-pub fn set_parent(span: &tracing::Span, carrier: &dyn Extractor) {
+/// Makes `span` a child of the context found in `carrier`, if any, and records the resulting trace id
+/// in the span's `trace.id` field when it declares one, so JSON log lines inside it carry the id.
+pub fn set_parent(span: &tracing::Span, carrier: &dyn Extractor) -> Option<String> {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
     let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id == opentelemetry::trace::TraceId::INVALID {
+        return None;
+    }
+    let trace_id = trace_id.to_string();
+    span.record("trace.id", trace_id.as_str());
+    Some(trace_id)
 }
 
 /// Adapts an HTTP header map for extraction and injection.

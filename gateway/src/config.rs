@@ -18,6 +18,7 @@ pub struct Config {
     pub audience: TokenAudience,
     pub graphql: GraphqlLimits,
     pub rate_limits: RateLimits,
+    pub sockets: SocketLimits,
     /// `HTTP_MAX_BODY_BYTES` (128 KiB): the largest request body (or WebSocket message) accepted.
     pub max_body_bytes: usize,
     /// `HTTP_REQUEST_TIMEOUT_SECONDS` (30): a whole HTTP request, downstream calls included.
@@ -72,6 +73,12 @@ pub struct GraphqlLimits {
     pub introspection: bool,
     /// `WS_MAX_SUBSCRIPTIONS` (20): live subscriptions one WebSocket connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// `GRAPHQL_MAX_SELECTIONS` (1000): fields a document selects once every fragment spread is
+    /// expanded; bounds the work of validating a document whose fragments spread each other.
+    pub max_selections: usize,
+    /// `GRAPHQL_MAX_ROOT_FIELDS` (20): top-level fields (aliases included) of one operation, each
+    /// of which may cost a downstream call.
+    pub max_root_fields: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -83,6 +90,33 @@ impl Default for GraphqlLimits {
             max_batch: 10,
             introspection: true,
             max_subscriptions_per_connection: 20,
+            max_selections: 1000,
+            max_root_fields: 20,
+        }
+    }
+}
+
+/// Bounds on WebSocket connections, which live much longer than a request.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    /// `WS_MAX_CONNECTIONS_PER_IP` (20): open sockets from one client address.
+    pub max_per_ip: usize,
+    /// `WS_MAX_CONNECTIONS_PER_USER` (10): open sockets signed in as one account.
+    pub max_per_user: usize,
+    /// `WS_INIT_TIMEOUT_SECONDS` (10): how long a new socket may take to send `connection_init`.
+    pub init_timeout: Duration,
+    /// `WS_IDLE_TIMEOUT_SECONDS` (300): a socket with no live subscription and no message from the
+    /// client for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        Self {
+            max_per_ip: 20,
+            max_per_user: 10,
+            init_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -123,6 +157,14 @@ impl Config {
             max_batch: env.int_in("GRAPHQL_MAX_BATCH", 10, 0..=100)?,
             introspection: env.bool("INTROSPECTION_ENABLED", true)?,
             max_subscriptions_per_connection: env.int_in("WS_MAX_SUBSCRIPTIONS", 20, 1..=1000)?,
+            max_selections: env.int_in("GRAPHQL_MAX_SELECTIONS", 1000, 10..=100_000)?,
+            max_root_fields: env.int_in("GRAPHQL_MAX_ROOT_FIELDS", 20, 1..=1000)?,
+        };
+        let sockets = SocketLimits {
+            max_per_ip: env.int_in("WS_MAX_CONNECTIONS_PER_IP", 20, 1..=100_000)?,
+            max_per_user: env.int_in("WS_MAX_CONNECTIONS_PER_USER", 10, 1..=10_000)?,
+            init_timeout: positive(env, "WS_INIT_TIMEOUT_SECONDS", Duration::from_secs(10))?,
+            idle_timeout: positive(env, "WS_IDLE_TIMEOUT_SECONDS", Duration::from_secs(300))?,
         };
         let rate_limits = RateLimits {
             requests_per_second: non_zero(env, "RATE_LIMIT_PER_SECOND", 50)?,
@@ -145,6 +187,7 @@ impl Config {
             audience: TokenAudience::from_env(env),
             graphql,
             rate_limits,
+            sockets,
             max_body_bytes,
             request_timeout: positive(env, "HTTP_REQUEST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             playground_enabled: env.bool("PLAYGROUND_ENABLED", true)?,
@@ -194,6 +237,9 @@ mod tests {
         assert_eq!(config.graphql.max_complexity, 500);
         assert!(config.graphql.introspection && config.playground_enabled);
         assert_eq!(config.graphql.max_subscriptions_per_connection, 20);
+        assert_eq!((config.graphql.max_selections, config.graphql.max_root_fields), (1000, 20));
+        assert_eq!((config.sockets.max_per_ip, config.sockets.max_per_user), (20, 10));
+        assert_eq!(config.sockets.idle_timeout, Duration::from_secs(300));
     }
 
     #[test]
@@ -221,6 +267,8 @@ mod tests {
         );
         assert_eq!(config(&[("RATE_LIMIT_PER_SECOND", "0")]).unwrap_err().name, "RATE_LIMIT_PER_SECOND");
         assert_eq!(config(&[("WS_MAX_SUBSCRIPTIONS", "0")]).unwrap_err().name, "WS_MAX_SUBSCRIPTIONS");
+        assert_eq!(config(&[("GRAPHQL_MAX_ROOT_FIELDS", "0")]).unwrap_err().name, "GRAPHQL_MAX_ROOT_FIELDS");
+        assert_eq!(config(&[("WS_IDLE_TIMEOUT_SECONDS", "0")]).unwrap_err().name, "WS_IDLE_TIMEOUT_SECONDS");
         let err =
             config(&[("HTTP_MAX_BODY_BYTES", "2048"), ("GRAPHQL_MAX_QUERY_BYTES", "4096")]).unwrap_err();
         assert_eq!(err.name, "HTTP_MAX_BODY_BYTES");

@@ -86,6 +86,9 @@ pub enum GatewayError {
     /// A WebSocket connection asked for more live subscriptions than it may hold.
     #[error("at most {max} subscriptions may be open on one connection")]
     TooManySubscriptions { max: usize },
+    /// Too many WebSockets open from one client address.
+    #[error("{message}")]
+    TooManySockets { message: String },
     #[error("{0} is unavailable, try again later")]
     Unavailable(Service),
     /// Something that should not happen; the cause is logged, never shown.
@@ -114,7 +117,9 @@ impl GatewayError {
             Self::BadUserInput { .. } => ErrorCode::BadUserInput,
             Self::SoldOut => ErrorCode::SoldOut,
             Self::PaymentDeclined(_) => ErrorCode::PaymentDeclined,
-            Self::RateLimited { .. } | Self::TooManySubscriptions { .. } => ErrorCode::RateLimited,
+            Self::RateLimited { .. } | Self::TooManySubscriptions { .. } | Self::TooManySockets { .. } => {
+                ErrorCode::RateLimited
+            }
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -13,13 +13,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, parse_query_string};
+use async_graphql::http::parse_query_string;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, Data, Request as GraphqlRequest};
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -27,21 +25,19 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use platform::auth::{AuthError, JwtVerifier};
+use platform::auth::JwtVerifier;
 use platform::health::HealthChecks;
 use platform::http::HttpLimits;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ClientIp, Credentials};
-use crate::config::GraphqlLimits;
+use crate::config::{GraphqlLimits, SocketLimits};
 use crate::error::GatewayError;
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
 use crate::subscriptions::SubscriptionSlots;
-
-/// How long a new WebSocket may take to send `connection_init`.
-const CONNECTION_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::websocket::{self, SocketRegistry};
 
 /// What the handlers share.
 pub struct HttpState {
@@ -51,6 +47,9 @@ pub struct HttpState {
     pub limits: GraphqlLimits,
     pub max_body_bytes: usize,
     pub playground_enabled: bool,
+    /// Open WebSockets per client address and account.
+    pub sockets: SocketRegistry,
+    pub socket_limits: SocketLimits,
     /// Ends WebSocket connections when the gateway shuts down.
     pub shutdown: CancellationToken,
 }
@@ -179,66 +178,40 @@ async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
     if let Err(error) = state.services.limiter.check_request(client.0) {
         return error_response(StatusCode::TOO_MANY_REQUESTS, error);
     }
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &()).await {
-        Ok(protocol) => protocol,
-        Err(status) => return status.into_response(),
-    };
+    if !offers_protocol(&parts.headers, websocket::PROTOCOL) {
+        let message = format!("WebSocket clients must offer the {} subprotocol", websocket::PROTOCOL);
+        let error = GatewayError::invalid("Sec-WebSocket-Protocol", message);
+        return error_response(StatusCode::BAD_REQUEST, error);
+    }
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let Some(slot) = state.sockets.admit_address(client.0, state.socket_limits.max_per_ip) else {
+        let message = format!(
+            "at most {} WebSocket connections may be open from one address",
+            state.socket_limits.max_per_ip
+        );
+        return error_response(StatusCode::TOO_MANY_REQUESTS, GatewayError::TooManySockets { message });
+    };
     let max = state.max_body_bytes;
-    upgrade.max_message_size(max).max_frame_size(max).protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(
-        move |socket| async move {
-            let (init_state, initialised) = (state.clone(), Arc::new(AtomicBool::new(false)));
-            let flag = initialised.clone();
-            let connection = GraphQLWebSocket::new(socket, state.schemas.main.clone(), protocol)
-                .on_connection_init(move |payload| {
-                    flag.store(true, Ordering::Relaxed);
-                    connection_data(init_state, payload, client)
-                })
-                .serve();
-            // graphql-transport-ws: a socket that never initialises is dropped, so idle sockets
-            // cannot pile up.
-            let init_timeout = async {
-                tokio::time::sleep(CONNECTION_INIT_TIMEOUT).await;
-                if initialised.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                () = connection => {}
-                () = init_timeout => tracing::debug!("WebSocket closed: no connection_init in time"),
-                () = state.shutdown.cancelled() => {}
-            }
-        },
-    )
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .protocols([websocket::PROTOCOL])
+        .on_upgrade(move |socket| websocket::serve(socket, state, client, slot))
 }
 
-/// What every operation on one WebSocket runs with. A token that does not verify closes the
-/// socket (with the reason), so the client knows to sign in again; no token at all allows public
-/// operations only.
-async fn connection_data(
-    state: Arc<HttpState>,
-    payload: serde_json::Value,
-    client: ClientIp,
-) -> async_graphql::Result<Data> {
-    let credentials = Credentials::from_init_payload(&state.verifier, &payload).await;
-    match &credentials {
-        Credentials::Rejected(AuthError::KeysUnavailable(_)) => {
-            return Err(GatewayError::Unavailable(crate::error::Service::Identity).into_graphql());
-        }
-        Credentials::Rejected(error) => {
-            return Err(GatewayError::Unauthenticated(error.to_string()).into_graphql());
-        }
-        Credentials::Anonymous | Credentials::User(_) => {}
+impl HttpState {
+    /// What every operation on one accepted WebSocket runs with.
+    pub fn connection_data(&self, credentials: Credentials, client: ClientIp) -> Data {
+        let mut data = Data::default();
+        data.insert(credentials);
+        data.insert(client);
+        data.insert(ConcertLoader::new(self.services.catalog.clone()));
+        data.insert(SubscriptionSlots::new(self.limits.max_subscriptions_per_connection));
+        data
     }
-    let mut data = Data::default();
-    data.insert(credentials);
-    data.insert(client);
-    data.insert(ConcertLoader::new(state.services.catalog.clone()));
-    data.insert(SubscriptionSlots::new(state.limits.max_subscriptions_per_connection));
-    Ok(data)
 }
 
 /// A GraphQL-shaped error body (`{"errors": [...]}`) with an HTTP status, for requests refused
@@ -267,6 +240,16 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether the client lists `protocol` in `Sec-WebSocket-Protocol`.
+fn offers_protocol(headers: &HeaderMap, protocol: &str) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|offered| offered.trim().eq_ignore_ascii_case(protocol))
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

@@ -15,6 +15,7 @@ pub mod playground;
 pub mod rate_limit;
 pub mod schema;
 pub mod subscriptions;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,8 @@ impl App {
             limits: config.graphql,
             max_body_bytes: config.max_body_bytes,
             playground_enabled: config.playground_enabled,
+            sockets: websocket::SocketRegistry::default(),
+            socket_limits: config.sockets,
             shutdown: sockets_shutdown.clone(),
         });
         let limits =

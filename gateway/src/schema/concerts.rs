@@ -161,10 +161,14 @@ impl ConcertQueries {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "The concert's id.")] id: ID,
-    ) -> Result<Option<Concert>, GatewayError> {
+    ) -> async_graphql::Result<Option<Concert>> {
         let id = parse_id(&id, "id")?;
-        let concert = Services::of(ctx).catalog.get_concert(id.to_string()).await?;
-        Ok(Some(concert.into()))
+        // Through the request's loader, so a document of many `concert` aliases costs catalog one
+        // BatchGetConcerts, not one call each.
+        match load_concert(ctx, id).await? {
+            Some(concert) => Ok(Some(concert)),
+            None => Err(GatewayError::NotFound("concert").into()),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod account;
 pub mod concerts;
 pub mod orders;
 pub mod paging;
+pub mod shape;
 
 use std::sync::Arc;
 
@@ -63,6 +64,10 @@ pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 /// any depth limit a real operation needs; introspection only reads the schema in memory.
 const INTROSPECTION_MAX_DEPTH: usize = 20;
 const INTROSPECTION_MAX_COMPLEXITY: usize = 2000;
+/// The standard introspection query expands to about 220 fields (see the tests).
+const INTROSPECTION_MAX_SELECTIONS: usize = 500;
+/// Directives one field may carry, on every schema.
+const MAX_DIRECTIVES_PER_FIELD: usize = 20;
 
 /// The schemas requests run on.
 pub struct Schemas {
@@ -86,14 +91,19 @@ impl Schemas {
 /// The schemas with their limits: depth and complexity are checked while validating, before any
 /// resolver (and so any downstream call) runs.
 pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> Schemas {
-    let hardening = Hardening { max_query_bytes: limits.max_query_bytes };
+    let hardening = Hardening {
+        max_query_bytes: limits.max_query_bytes,
+        max_selections: limits.max_selections,
+        max_root_fields: limits.max_root_fields,
+    };
     let introspection = limits.introspection.then(|| {
         builder()
             .introspection_only()
             .limit_depth(INTROSPECTION_MAX_DEPTH)
             .limit_complexity(INTROSPECTION_MAX_COMPLEXITY)
             .limit_recursive_depth(32)
-            .extension(hardening)
+            .limit_directives(MAX_DIRECTIVES_PER_FIELD)
+            .extension(Hardening { max_selections: INTROSPECTION_MAX_SELECTIONS, ..hardening })
             .finish()
     });
     Schemas { main: main_schema(services, limits, hardening), introspection }
@@ -119,7 +129,7 @@ fn main_schema(services: Arc<Services>, limits: &GraphqlLimits, hardening: Harde
         .limit_complexity(limits.max_complexity)
         // Fragment cycles are invalid anyway; this bounds how deep the validator itself recurses.
         .limit_recursive_depth(32)
-        .limit_directives(20)
+        .limit_directives(MAX_DIRECTIVES_PER_FIELD)
         .extension(hardening);
     // "Did you mean ...?" hints would describe the schema that introspection is hiding.
     let builder =
@@ -148,20 +158,57 @@ pub fn parse_id(id: &ID, field: &str) -> Result<Uuid, GatewayError> {
     id.parse::<Uuid>().map_err(|_| GatewayError::invalid(field, "not a valid id"))
 }
 
-/// Bounds the query text and labels every error, over HTTP and WebSocket alike.
+/// Bounds the query text and the document's expanded size, and labels every error, over HTTP and
+/// WebSocket alike.
 #[derive(Clone, Copy)]
 struct Hardening {
     max_query_bytes: usize,
+    max_selections: usize,
+    max_root_fields: usize,
 }
 
 impl ExtensionFactory for Hardening {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(HardeningExtension { max_query_bytes: self.max_query_bytes })
+        Arc::new(HardeningExtension { limits: *self })
     }
 }
 
 struct HardeningExtension {
-    max_query_bytes: usize,
+    limits: Hardening,
+}
+
+impl Hardening {
+    /// Refuses a document that is too long, or too large once its fragments are expanded, before
+    /// async-graphql's own checks walk it (they follow every spread, see [`shape`]). The parsed
+    /// document stays in the request, so it is parsed once.
+    fn check(&self, request: &mut Request) -> Result<(), ServerError> {
+        if request.query.len() > self.max_query_bytes {
+            let message = format!("query text is longer than {} bytes", self.max_query_bytes);
+            return Err(bad_input(message));
+        }
+        // A document that does not parse is reported by the normal pipeline.
+        let Ok(document) = request.parsed_query() else { return Ok(()) };
+        let measured = shape::DocumentShape::measure(document);
+        if measured.selections > self.max_selections {
+            return Err(bad_input(format!(
+                "the query selects more than {} fields once its fragments are expanded",
+                self.max_selections
+            )));
+        }
+        if measured.root_fields > self.max_root_fields {
+            return Err(bad_input(format!(
+                "an operation may select at most {} top-level fields (aliases included)",
+                self.max_root_fields
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn bad_input(message: String) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    error.extensions = Some(code_only(ErrorCode::BadUserInput));
+    error
 }
 
 #[async_graphql::async_trait::async_trait]
@@ -169,15 +216,10 @@ impl Extension for HardeningExtension {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        request: Request,
+        mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        if request.query.len() > self.max_query_bytes {
-            let message = format!("query text is longer than {} bytes", self.max_query_bytes);
-            let mut error = ServerError::new(message, None);
-            error.extensions = Some(code_only(ErrorCode::BadUserInput));
-            return Err(error);
-        }
+        self.limits.check(&mut request)?;
         next.run(ctx, request).await
     }
 
@@ -308,6 +350,14 @@ mod tests {
             errors.first().is_some_and(|e| e.message.contains("nested too deep")),
             "still bounded: {errors:?}"
         );
+    }
+
+    #[test]
+    fn the_standard_introspection_query_fits_the_introspection_selection_limit() {
+        let mut request = Request::new(STANDARD_INTROSPECTION);
+        let measured = shape::DocumentShape::measure(request.parsed_query().unwrap());
+        assert!(measured.selections <= INTROSPECTION_MAX_SELECTIONS, "{measured:?}");
+        assert!(measured.selections > 200, "its fragments are expanded: {measured:?}");
     }
 
     #[test]

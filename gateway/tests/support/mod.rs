@@ -384,6 +384,20 @@ impl Socket {
         }
     }
 
+    /// The close code the server ends the socket with (answering pings, skipping other
+    /// messages); `None` if the connection dropped without a close frame.
+    pub async fn close_code(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("closed in time");
+            match message {
+                Some(Ok(Message::Close(frame))) => return frame.map(|frame| u16::from(frame.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Starts an operation; returns its id.
     pub async fn subscribe(&mut self, query: &str, variables: Value) -> String {
         let id = self.next_id.to_string();

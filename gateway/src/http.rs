@@ -17,7 +17,6 @@ use std::sync::Arc;
 use async_graphql::http::parse_query_string;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, Data, Request as GraphqlRequest};
-use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ClientIp, Credentials};
 use crate::config::{GraphqlLimits, SocketLimits};
 use crate::error::GatewayError;
+use crate::graphql_http::{self, MediaType, error_response};
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
@@ -71,6 +71,9 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
     if let Err(error) = state.services.limiter.check_request(client.0) {
         return error_response(StatusCode::TOO_MANY_REQUESTS, error);
     }
+    let Some(media) = graphql_http::negotiate(&parts.headers) else {
+        return graphql_http::not_acceptable();
+    };
     if !is_json(&parts.headers) {
         let error =
             GatewayError::invalid("Content-Type", "GraphQL requests must be sent as application/json");
@@ -80,15 +83,9 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
         let error = GatewayError::BadUserInput { field: None, message: "request body is too large".into() };
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, error);
     };
-    let batch = match serde_json::from_slice::<BatchRequest>(&bytes) {
+    let batch = match graphql_http::parse_body(&bytes) {
         Ok(batch) => batch,
-        Err(error) => {
-            let error = GatewayError::BadUserInput {
-                field: None,
-                message: format!("not a GraphQL request: {error}"),
-            };
-            return error_response(StatusCode::BAD_REQUEST, error);
-        }
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
     };
     if let BatchRequest::Batch(requests) = &batch {
         if requests.len() > state.limits.max_batch {
@@ -108,7 +105,7 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
             return error_response(StatusCode::TOO_MANY_REQUESTS, error);
         }
     }
-    execute(&state, &parts.headers, client, batch).await
+    execute(&state, &parts.headers, client, batch, media).await
 }
 
 async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> Response {
@@ -116,9 +113,7 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
     if is_websocket_upgrade(&parts.headers) {
         return websocket(state, parts).await;
     }
-    let query_string = parts.uri.query().unwrap_or_default();
-    let has_query = query_string.split('&').any(|pair| pair.split('=').next() == Some("query"));
-    if !has_query || wants_html(&parts.headers) {
+    if wants_html(&parts.headers) {
         return if state.playground_enabled {
             playground::page()
         } else {
@@ -127,9 +122,17 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
             error_response(StatusCode::NOT_FOUND, error)
         };
     }
+    let Some(media) = graphql_http::negotiate(&parts.headers) else {
+        return graphql_http::not_acceptable();
+    };
     let client = client_ip(&parts);
     if let Err(error) = state.services.limiter.check_request(client.0) {
         return error_response(StatusCode::TOO_MANY_REQUESTS, error);
+    }
+    let query_string = parts.uri.query().unwrap_or_default();
+    if !query_string.split('&').any(|pair| pair.split('=').next() == Some("query")) {
+        let error = GatewayError::invalid("query", "a GraphQL request needs a query parameter");
+        return error_response(StatusCode::BAD_REQUEST, error);
     }
     let mut request = match parse_query_string(query_string) {
         Ok(request) => request,
@@ -150,7 +153,7 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, &parts.headers, client, BatchRequest::Single(request)).await
+    execute(&state, &parts.headers, client, BatchRequest::Single(request), media).await
 }
 
 async fn execute(
@@ -158,6 +161,7 @@ async fn execute(
     headers: &HeaderMap,
     client: ClientIp,
     mut batch: BatchRequest,
+    media: MediaType,
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
@@ -170,7 +174,7 @@ async fn execute(
         BatchRequest::Single(request) => state.schemas.for_request(request),
         BatchRequest::Batch(_) => &state.schemas.main,
     };
-    GraphQLResponse(schema.execute_batch(batch).await).into_response()
+    graphql_http::respond(schema.execute_batch(batch).await, media)
 }
 
 async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {
@@ -212,22 +216,6 @@ impl HttpState {
         data.insert(SubscriptionSlots::new(self.limits.max_subscriptions_per_connection));
         data
     }
-}
-
-/// A GraphQL-shaped error body (`{"errors": [...]}`) with an HTTP status, for requests refused
-/// before they reach the schema.
-fn error_response(status: StatusCode, error: GatewayError) -> Response {
-    let retry_after = match &error {
-        GatewayError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        _ => None,
-    };
-    let (message, extensions) = error.describe();
-    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
-    let mut response = (status, axum::Json(body)).into_response();
-    if let Some(seconds) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
 }
 
 fn client_ip(parts: &Parts) -> ClientIp {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod events;
+pub mod graphql_http;
 pub mod http;
 pub mod playground;
 pub mod rate_limit;

@@ -8,16 +8,19 @@ pub mod paging;
 pub mod shape;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_graphql::connection::Connection;
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextRequest,
+    NextSubscribe,
 };
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::{
     Context, ErrorExtensionValues, ID, MergedObject, MergedSubscription, Request, Response, Schema,
     SchemaBuilder, ServerError, ServerResult,
 };
+use axum::http::HeaderValue;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -27,6 +30,7 @@ use crate::downstream::identity::IdentityClient;
 use crate::downstream::ordering::OrderingClient;
 use crate::error::{ErrorCode, GatewayError};
 use crate::events::OrderEvents;
+use crate::graphql_http::REQUEST_ERROR_MARKER;
 use crate::rate_limit::RateLimiter;
 
 /// Everything resolvers call, shared by all requests (schema data).
@@ -169,12 +173,17 @@ struct Hardening {
 
 impl ExtensionFactory for Hardening {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(HardeningExtension { limits: *self })
+        Arc::new(HardeningExtension { limits: *self, executed: AtomicBool::new(false) })
     }
 }
 
+/// One request's instance.
 struct HardeningExtension {
     limits: Hardening,
+    /// Whether the request reached execution; a response without it is a request error (the
+    /// document did not parse or validate, or its variables did not coerce), which GraphQL over
+    /// HTTP answers differently.
+    executed: AtomicBool,
 }
 
 impl Hardening {
@@ -226,7 +235,20 @@ impl Extension for HardeningExtension {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
         label_errors(&mut response.errors);
+        if !self.executed.load(Ordering::Relaxed) {
+            response.http_headers.insert(REQUEST_ERROR_MARKER, HeaderValue::from_static("1"));
+        }
         response
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        self.executed.store(true, Ordering::Relaxed);
+        next.run(ctx, operation_name).await
     }
 
     fn subscribe<'s>(

@@ -1,0 +1,263 @@
+//! GraphQL over HTTP, as the GraphQL Foundation's specification has it: which media type the
+//! client accepts, how a request body is read, and how a result becomes an HTTP response.
+//!
+//! - `Accept: application/graphql-response+json` gets that media type, and a request that never
+//!   reached execution (it did not parse or validate, or its variables did not coerce) is a 400
+//!   with no `data` entry.
+//! - `application/json`, `*/*` or no `Accept` at all gets `application/json` and 200, as clients
+//!   written before the specification expect.
+//! - Anything else is 406.
+//! - A body is read strictly: `query` a string, `variables` and `extensions` objects,
+//!   `operationName` a string, each optional only as the specification allows; a wrong type is a
+//!   400 naming the parameter.
+
+use async_graphql::{BatchRequest, BatchResponse, Request, Response, Variables};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+
+pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+pub const JSON: &str = "application/json";
+
+/// Set by the schema on a response whose request never reached execution; read (and removed) here.
+pub const REQUEST_ERROR_MARKER: HeaderName = HeaderName::from_static("x-ticketflow-request-error");
+
+/// The media type of the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    GraphqlResponseJson,
+    Json,
+}
+
+impl MediaType {
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::GraphqlResponseJson => {
+                HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+            }
+            Self::Json => HeaderValue::from_static("application/json; charset=utf-8"),
+        }
+    }
+}
+
+/// The media type to answer with, from `Accept`; `None` when the client accepts neither.
+pub fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
+    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    if accept.iter().all(|value| value.trim().is_empty()) {
+        return Some(MediaType::Json);
+    }
+    let mut best: Option<(f32, MediaType)> = None;
+    for range in accept.iter().flat_map(|value| value.split(',')) {
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|param| param.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let media = match essence.as_str() {
+            GRAPHQL_RESPONSE_JSON => MediaType::GraphqlResponseJson,
+            JSON | "application/*" | "*/*" => MediaType::Json,
+            _ => continue,
+        };
+        // At equal quality the specification's own type wins.
+        let better = match best {
+            None => true,
+            Some((q, current)) => {
+                quality > q || (quality == q && media == MediaType::GraphqlResponseJson && current != media)
+            }
+        };
+        if quality > 0.0 && better {
+            best = Some((quality, media));
+        }
+    }
+    best.map(|(_, media)| media)
+}
+
+/// The answer to a client that accepts none of our media types.
+pub fn not_acceptable() -> HttpResponse {
+    let message = format!("GraphQL responses are sent as {GRAPHQL_RESPONSE_JSON} or {JSON}");
+    error_response(StatusCode::NOT_ACCEPTABLE, GatewayError::invalid("Accept", message))
+}
+
+/// One request as it comes over the wire.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest {
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<Map<String, Value>>,
+    #[serde(default)]
+    extensions: Option<Map<String, Value>>,
+}
+
+impl WireRequest {
+    fn into_request(self) -> Result<Request, GatewayError> {
+        let query =
+            self.query.ok_or_else(|| GatewayError::invalid("query", "a GraphQL request needs a query"))?;
+        let mut request = Request::new(query);
+        if let Some(name) = self.operation_name {
+            request = request.operation_name(name);
+        }
+        if let Some(variables) = self.variables {
+            request = request.variables(Variables::from_json(Value::Object(variables)));
+        }
+        for (name, value) in self.extensions.unwrap_or_default() {
+            let value = async_graphql::Value::from_json(value).unwrap_or(async_graphql::Value::Null);
+            request.extensions.insert(name, value);
+        }
+        Ok(request)
+    }
+}
+
+/// Reads a POST body: one request object, or a batch (a JSON array of them).
+pub fn parse_body(bytes: &[u8]) -> Result<BatchRequest, GatewayError> {
+    match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let requests: Vec<WireRequest> = strict(bytes)?;
+            let requests = requests.into_iter().map(WireRequest::into_request).collect::<Result<_, _>>()?;
+            Ok(BatchRequest::Batch(requests))
+        }
+        _ => Ok(BatchRequest::Single(strict::<WireRequest>(bytes)?.into_request()?)),
+    }
+}
+
+/// Deserializes `bytes`; an error names the request parameter it is about.
+fn strict<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(|error| {
+        let path = error.path().to_string();
+        let message = format!("not a GraphQL request: {}", error.inner());
+        let parameter = ["query", "operationName", "variables", "extensions"]
+            .into_iter()
+            .find(|parameter| path == *parameter || path.ends_with(&format!(".{parameter}")));
+        match parameter {
+            Some(parameter) => GatewayError::invalid(parameter, message),
+            None => GatewayError::BadUserInput { field: None, message },
+        }
+    })
+}
+
+/// The HTTP response for a schema's answer.
+pub fn respond(batch: BatchResponse, media: MediaType) -> HttpResponse {
+    let (status, body, cache_control, headers) = match batch {
+        BatchResponse::Single(mut response) => {
+            let request_error = response.http_headers.remove(&REQUEST_ERROR_MARKER).is_some();
+            let cache_control = response.is_ok().then(|| response.cache_control.value()).flatten();
+            let headers = std::mem::take(&mut response.http_headers);
+            let (status, body) = if request_error && media == MediaType::GraphqlResponseJson {
+                (StatusCode::BAD_REQUEST, request_error_body(&response))
+            } else {
+                (StatusCode::OK, serde_json::to_vec(&response))
+            };
+            (status, body, cache_control, headers)
+        }
+        BatchResponse::Batch(mut responses) => {
+            for response in &mut responses {
+                response.http_headers.remove(&REQUEST_ERROR_MARKER);
+            }
+            (StatusCode::OK, serde_json::to_vec(&responses), None, HeaderMap::new())
+        }
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, GatewayError::internal(error));
+        }
+    };
+    let mut http = (status, body).into_response();
+    http.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    if let Some(value) = cache_control.and_then(|value| HeaderValue::from_str(&value).ok()) {
+        http.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    http.headers_mut().extend(headers);
+    http
+}
+
+/// A GraphQL-shaped error body (`{"errors": [...]}`) with an HTTP status, for requests refused
+/// before they reach the schema.
+pub fn error_response(status: StatusCode, error: GatewayError) -> HttpResponse {
+    let retry_after = match &error {
+        GatewayError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        _ => None,
+    };
+    let (message, extensions) = error.describe();
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// A request error's body: its errors, and no `data` entry, since execution never started.
+fn request_error_body(response: &Response) -> serde_json::Result<Vec<u8>> {
+    let mut body = Map::new();
+    body.insert("errors".to_owned(), serde_json::to_value(&response.errors)?);
+    if !response.extensions.is_empty() {
+        body.insert("extensions".to_owned(), serde_json::to_value(&response.extensions)?);
+    }
+    serde_json::to_vec(&body)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &'static str) -> HeaderMap {
+        HeaderMap::from_iter([(header::ACCEPT, HeaderValue::from_static(value))])
+    }
+
+    #[test]
+    fn accept_picks_the_media_type() {
+        assert_eq!(negotiate(&HeaderMap::new()), Some(MediaType::Json));
+        assert_eq!(negotiate(&accept("application/json")), Some(MediaType::Json));
+        assert_eq!(negotiate(&accept("*/*")), Some(MediaType::Json));
+        assert_eq!(negotiate(&accept(GRAPHQL_RESPONSE_JSON)), Some(MediaType::GraphqlResponseJson));
+        assert_eq!(
+            negotiate(&accept("application/graphql-response+json, application/json;q=0.9")),
+            Some(MediaType::GraphqlResponseJson)
+        );
+        assert_eq!(
+            negotiate(&accept("application/graphql-response+json;q=0.5, application/json")),
+            Some(MediaType::Json)
+        );
+        assert_eq!(
+            negotiate(&accept("application/json, application/graphql-response+json")),
+            Some(MediaType::GraphqlResponseJson)
+        );
+        assert_eq!(negotiate(&accept("text/plain")), None);
+        assert_eq!(negotiate(&accept("application/json;q=0")), None);
+    }
+
+    #[test]
+    fn bodies_are_read_strictly() {
+        assert!(matches!(parse_body(br#"{"query":"{ a }"}"#), Ok(BatchRequest::Single(_))));
+        assert!(
+            matches!(parse_body(br#" [{"query":"{ a }"},{"query":"{ b }"}]"#), Ok(BatchRequest::Batch(r)) if r.len() == 2)
+        );
+        assert!(
+            parse_body(br#"{"query":"{ a }","variables":null,"operationName":null,"extensions":null}"#)
+                .is_ok()
+        );
+        for (body, parameter) in [
+            (r#"{}"#, "query"),
+            (r#"{"query":1}"#, "query"),
+            (r#"{"query":"{ a }","variables":"x"}"#, "variables"),
+            (r#"{"query":"{ a }","operationName":7}"#, "operationName"),
+            (r#"{"query":"{ a }","extensions":[]}"#, "extensions"),
+        ] {
+            let error = parse_body(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&error, GatewayError::BadUserInput { field: Some(field), .. } if field == parameter),
+                "{body}: {error:?}"
+            );
+        }
+        assert!(parse_body(b"query { a }").is_err());
+    }
+}

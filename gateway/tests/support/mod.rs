@@ -45,6 +45,7 @@ impl Gateway {
         integration::init();
         let mut all: HashMap<&'static str, String> = HashMap::from([
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("AMQP_URL", integration::amqp_url()),
             // Generous: tests on a busy 2-core machine fire requests quickly from one address.
             ("RATE_LIMIT_PER_SECOND", "1000".to_owned()),
@@ -230,6 +231,7 @@ impl Stack {
         let identity_db = TestDatabase::create(&names.database("identity")).await.unwrap();
         let identity_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", identity_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
@@ -248,6 +250,7 @@ impl Stack {
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("REDIS_URL", integration::redis_url()),
             ("REDIS_KEY_PREFIX", names.redis_prefix()),
             ("IDENTITY_URL", identity_url.clone()),
@@ -264,6 +267,7 @@ impl Stack {
         let ordering_db = TestDatabase::create(&names.database("ordering")).await.unwrap();
         let ordering_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", ordering_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("CATALOG_GRPC_URL", format!("http://{catalog_grpc}")),

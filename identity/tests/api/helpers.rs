@@ -31,6 +31,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.expect("test database");
     let source: HashMap<&'static str, String> = [
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
         // Tests run in parallel against one Postgres: a small pool per service keeps them all under
         // the server's connection limit.

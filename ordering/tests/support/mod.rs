@@ -114,6 +114,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_URL", identity_db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
     ]);
     let config = identity::Config::from_env(&Env::new(&vars)).expect("identity configuration");
     let app = identity::App::build(config).await.expect("identity builds");
@@ -126,6 +127,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("REDIS_URL", integration::redis_url()),
         ("REDIS_KEY_PREFIX", names.redis_prefix()),
         ("CACHE_TTL_SECS", "1".to_owned()),
@@ -157,6 +159,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("CATALOG_GRPC_URL", format!("http://{catalog_target}")),
         // A loaded 2-core machine answers slowly; the outage test shows what "fast" means.
         ("CATALOG_TIMEOUT_MS", "3000".to_owned()),

@@ -32,6 +32,8 @@ pub struct Gateway {
     /// (dropping blocks the test's runtime, so no service is running).
     _exchange_cleanup: Option<ExchangeCleanup>,
     pub service: RunningService,
+    /// The admin port's base URL (`/metrics`, the per-check `/health`).
+    pub admin_url: String,
     pub http: reqwest::Client,
     /// The gateway's event hub, to see when subscriptions listen.
     pub events: gateway::events::OrderEvents,
@@ -61,11 +63,13 @@ impl Gateway {
             .map(|exchange| ExchangeCleanup { exchange });
         let app = gateway::App::build(config).await.expect("gateway builds");
         let events = app.order_events();
+        let admin_url = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
         let service = RunningService::spawn("gateway", app.http_addr(), shutdown.clone(), app.run(shutdown));
         let gateway = Gateway {
             _exchange_cleanup: exchange_cleanup,
             service,
+            admin_url,
             http: reqwest::Client::new(),
             events,
             _refusing: None,
@@ -113,8 +117,15 @@ impl Gateway {
     pub async fn wait_consuming(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let report: Value =
-                self.http.get(format!("{}/health", self.url())).send().await.unwrap().json().await.unwrap();
+            let report: Value = self
+                .http
+                .get(format!("{}/health", self.admin_url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if report["checks"]["rabbitmq"]["status"] == "healthy" {
                 return;
             }

@@ -68,6 +68,8 @@ pub struct Stack {
     pub names: TestNames,
     pub http: reqwest::Client,
     pub ordering_url: String,
+    /// The admin port's base URL (`/metrics`, the per-check `/health`).
+    pub ordering_admin_url: String,
     identity_url: String,
     /// Ordering's own database, to check what was (not) written.
     pub orders_db: PgPool,
@@ -174,6 +176,7 @@ pub async fn spawn_with(options: Options) -> Stack {
     ]);
     let config = ordering::Config::from_env(&Env::new(&vars)).expect("ordering configuration");
     let app = ordering::App::build(config).await.expect("ordering builds");
+    let ordering_admin_url = format!("http://{}", app.admin_addr());
     let ordering = start("ordering", app.http_addr(), |token| app.run(token)).await;
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
@@ -193,6 +196,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         names,
         http,
         ordering_url: ordering.http_url(),
+        ordering_admin_url,
         identity_url,
         orders_db,
         catalog_grpc,
@@ -368,9 +372,9 @@ impl Stack {
             .expect("count orders")
     }
 
-    /// Ordering's `/health` body.
+    /// Ordering's per-check `/health` body, from its admin port.
     pub async fn health(&self) -> Value {
-        answer(self.http.get(format!("{}/health", self.ordering_url))).await.json
+        answer(self.http.get(format!("{}/health", self.ordering_admin_url))).await.json
     }
 
     /// Waits until ordering's relay holds a broker connection.

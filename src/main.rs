@@ -82,11 +82,14 @@ fn infrastructure(env: &Env<'_>) -> Result<Infrastructure, platform::config::Con
 /// Where a user reaches the running stack, printed once everything is healthy.
 struct Urls {
     playground: String,
+    gateway_admin: SocketAddr,
     identity: SocketAddr,
+    identity_admin: SocketAddr,
     ordering: SocketAddr,
+    ordering_admin: SocketAddr,
     catalog_grpc: SocketAddr,
-    catalog_http: SocketAddr,
-    notifications: SocketAddr,
+    catalog_admin: SocketAddr,
+    notifications_admin: SocketAddr,
 }
 
 impl std::fmt::Display for Urls {
@@ -94,28 +97,26 @@ impl std::fmt::Display for Urls {
         writeln!(f, "  GraphQL playground   {}", self.playground)?;
         writeln!(f, "  identity (REST)      http://{}", self.identity)?;
         writeln!(f, "  ordering (REST)      http://{}", self.ordering)?;
-        writeln!(
-            f,
-            "  catalog (gRPC)       http://{}   health: http://{}/health",
-            self.catalog_grpc, self.catalog_http
-        )?;
-        write!(
-            f,
-            "  notifications        http://{}/health   (notifications are logged by this process)",
-            self.notifications
-        )
+        writeln!(f, "  catalog (gRPC)       http://{}", self.catalog_grpc)?;
+        writeln!(f, "  notifications        (notifications are logged by this process)")?;
+        writeln!(f, "  admin ports (/metrics, detailed /health):")?;
+        writeln!(f, "    gateway            http://{}/metrics", self.gateway_admin)?;
+        writeln!(f, "    identity           http://{}/metrics", self.identity_admin)?;
+        writeln!(f, "    ordering           http://{}/metrics", self.ordering_admin)?;
+        writeln!(f, "    catalog            http://{}/metrics", self.catalog_admin)?;
+        write!(f, "    notifications      http://{}/metrics", self.notifications_admin)
     }
 }
 
 /// Builds one service from its environment and adds it to the stack, returning what `$info`
 /// computes from the built app. A macro because the services share a shape (`Config::from_env`,
-/// `App::build`, `http_addr`, `run`) but no trait.
+/// `App::build`, `admin_addr`, `run`) but no trait.
 macro_rules! launch {
     ($stack:expr, $service:ident, $env:expr, |$app:ident| $info:expr) => {{
         let config = $service::Config::from_env(&Env::new(&$env))?;
         let $app = $service::App::build(config).await.context(concat!("starting ", stringify!($service)))?;
         let info = $info;
-        $stack.add(stringify!($service), $app.http_addr(), $app.run($stack.shutdown()));
+        $stack.add(stringify!($service), $app.admin_addr(), $app.run($stack.shutdown()));
         info
     }};
 }
@@ -126,20 +127,33 @@ async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
     // Logins reach identity through the gateway on loopback; trusting its X-Forwarded-For keeps
     // login throttling per real client instead of one shared address.
     let env = ServiceEnv::new("IDENTITY", ProcessEnv).default("TRUSTED_PROXY_ADDRS", "127.0.0.1");
-    let identity = launch!(stack, identity, env, |app| local(app.http_addr()));
+    let (identity, identity_admin) =
+        launch!(stack, identity, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 
     let env = ServiceEnv::new("CATALOG", ProcessEnv).default("SEED_CATALOG", "true");
-    let (catalog_grpc, catalog_http) =
-        launch!(stack, catalog, env, |app| (local(app.grpc_addr()), local(app.http_addr())));
+    let (catalog_grpc, catalog_admin) =
+        launch!(stack, catalog, env, |app| (local(app.grpc_addr()), local(app.admin_addr())));
 
     let env = ServiceEnv::new("ORDERING", ProcessEnv);
-    let ordering = launch!(stack, ordering, env, |app| local(app.http_addr()));
+    let (ordering, ordering_admin) =
+        launch!(stack, ordering, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 
     let env = ServiceEnv::new("NOTIFICATIONS", ProcessEnv);
-    let notifications = launch!(stack, notifications, env, |app| local(app.http_addr()));
+    let notifications_admin = launch!(stack, notifications, env, |app| local(app.admin_addr()));
 
     let env = ServiceEnv::new("GATEWAY", ProcessEnv);
-    let playground = launch!(stack, gateway, env, |app| app.playground_url());
+    let (playground, gateway_admin) =
+        launch!(stack, gateway, env, |app| (app.playground_url(), local(app.admin_addr())));
 
-    Ok(Urls { playground, identity, ordering, catalog_grpc, catalog_http, notifications })
+    Ok(Urls {
+        playground,
+        gateway_admin,
+        identity,
+        identity_admin,
+        ordering,
+        ordering_admin,
+        catalog_grpc,
+        catalog_admin,
+        notifications_admin,
+    })
 }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use platform::config::Source;
 
 /// Settings that differ per service, so a plain `DATABASE_URL` must not leak into every one.
-const PER_SERVICE: [&str; 4] =
-    ["DATABASE_URL", "DATABASE_MAX_CONNECTIONS", "LISTEN_ADDR", "GRPC_LISTEN_ADDR"];
+const PER_SERVICE: [&str; 5] =
+    ["DATABASE_URL", "DATABASE_MAX_CONNECTIONS", "LISTEN_ADDR", "ADMIN_LISTEN_ADDR", "GRPC_LISTEN_ADDR"];
 
 pub struct ServiceEnv {
     prefix: &'static str,

@@ -12,7 +12,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 struct Running {
     name: &'static str,
-    http_addr: SocketAddr,
+    /// Where its per-check `/health` is, so a start-up failure says which dependency is down.
+    admin_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -32,20 +33,20 @@ impl Stack {
         self.shutdown.clone()
     }
 
-    pub fn add<F>(&mut self, name: &'static str, http_addr: SocketAddr, run: F)
+    pub fn add<F>(&mut self, name: &'static str, admin_addr: SocketAddr, run: F)
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        tracing::info!(service = name, %http_addr, "service started");
-        self.services.push(Running { name, http_addr, task: tokio::spawn(run) });
+        tracing::info!(service = name, %admin_addr, "service started");
+        self.services.push(Running { name, admin_addr, task: tokio::spawn(run) });
     }
 
-    /// Polls every service's `/health` until all answer 200.
+    /// Polls every service's `/health` on its admin port until all answer 200.
     pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let deadline = tokio::time::Instant::now() + within;
         for service in &self.services {
-            let url = format!("http://{}/health", local(service.http_addr));
+            let url = format!("http://{}/health", local(service.admin_addr));
             loop {
                 let answer = client.get(&url).send().await;
                 match answer {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use platform::auth::TokenAudience;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
+use platform::http::ConnectionLimits;
 
 use crate::cache::CacheConfig;
 
@@ -13,8 +14,15 @@ use crate::cache::CacheConfig;
 pub struct Config {
     /// `GRPC_LISTEN_ADDR` (default `0.0.0.0:50051`): the Catalog gRPC API.
     pub grpc_listen_addr: SocketAddr,
-    /// `LISTEN_ADDR` (default `0.0.0.0:8083`): `/health`, `/alive`, `/metrics`.
-    pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR` (default `0.0.0.0:8083`): the admin port, `/health` (per check), `/alive`,
+    /// `/metrics`; catalog has no other HTTP port. `LISTEN_ADDR`, its name before every service had
+    /// an admin port, still works when `ADMIN_LISTEN_ADDR` is unset, with a warning at start-up.
+    pub admin_listen_addr: SocketAddr,
+    /// Whether the deprecated `LISTEN_ADDR` gave [`Config::admin_listen_addr`].
+    pub admin_listen_addr_from_old_name: bool,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (5), `HTTP_MAX_CONNECTIONS` (10000),
+    /// `HTTP_MAX_CONNECTIONS_PER_IP` (256), for the admin port.
+    pub connections: ConnectionLimits,
     /// `DATABASE_URL` (default database `ticketflow_catalog`).
     pub database: DatabaseConfig,
     /// `REDIS_URL`, `REDIS_KEY_PREFIX` (default `ticketflow:catalog:`), `CACHE_TTL_SECS` (default 30),
@@ -44,9 +52,13 @@ impl Config {
         if grpc_request_timeout.is_zero() {
             return Err(ConfigError::new("GRPC_REQUEST_TIMEOUT_SECS", "a positive number of seconds", "0"));
         }
+        let (admin_listen_addr, admin_listen_addr_from_old_name) =
+            env.renamed_socket_addr("ADMIN_LISTEN_ADDR", "LISTEN_ADDR", "0.0.0.0:8083")?;
         Ok(Self {
             grpc_listen_addr: env.socket_addr("GRPC_LISTEN_ADDR", "0.0.0.0:50051")?,
-            listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8083")?,
+            admin_listen_addr,
+            admin_listen_addr_from_old_name,
+            connections: ConnectionLimits::from_env(env)?,
             database: DatabaseConfig::from_env(env, "ticketflow_catalog")?,
             cache: CacheConfig {
                 url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"])?,
@@ -80,7 +92,7 @@ mod tests {
         let source: HashMap<&'static str, String> = HashMap::new();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.grpc_listen_addr.port(), 50051);
-        assert_eq!(config.listen_addr.port(), 8083);
+        assert_eq!(config.admin_listen_addr.port(), 8083);
         assert_eq!(config.cache.key_prefix, "ticketflow:catalog:");
         assert_eq!(config.cache.ttl, Duration::from_secs(30));
         assert!(config.database.url.ends_with("/ticketflow_catalog"));

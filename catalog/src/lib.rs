@@ -4,7 +4,7 @@
 //! Reads (list, get, batch get) go through the cache; admin writes are authorized by the caller's
 //! JWT; seat holds for ordering are atomic, idempotent by order id and never oversell; a sweeper
 //! returns the seats of holds that expire unconfirmed. `/health`, `/alive` and `/metrics` are served
-//! over HTTP on a separate admin port.
+//! over HTTP on a separate admin port (`ADMIN_LISTEN_ADDR`).
 
 use std::net::SocketAddr;
 
@@ -69,17 +69,26 @@ impl App {
         let grpc_listener = TcpListener::bind(config.grpc_listen_addr)
             .await
             .with_context(|| format!("binding GRPC_LISTEN_ADDR {}", config.grpc_listen_addr))?;
-        let http_listener = TcpListener::bind(config.listen_addr)
+        if config.admin_listen_addr_from_old_name {
+            tracing::warn!("LISTEN_ADDR is deprecated for catalog: set ADMIN_LISTEN_ADDR instead");
+        }
+        let http_listener = TcpListener::bind(config.admin_listen_addr)
             .await
-            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         tracing::info!(%grpc_addr, %http_addr, "catalog listening");
         Ok(Self { config, pool, cache, grpc_listener, http_listener, grpc_addr, http_addr })
     }
 
-    /// The admin port serving `/health`, `/alive` and `/metrics`.
+    /// The admin port serving `/health`, `/alive` and `/metrics`: catalog's only HTTP port, the same
+    /// as [`App::admin_addr`].
     pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The admin port serving `/health`, `/alive` and `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
@@ -139,8 +148,8 @@ impl App {
             });
         let grpc_health = mirror_health_to_grpc(health_reporter.clone(), checks.clone(), shutdown.clone());
         let admin =
-            platform::http::with_common_layers(platform::health::router(checks), HttpLimits::default());
-        let http = platform::http::serve(http_listener, admin, shutdown.clone());
+            platform::http::with_common_layers(platform::health::admin_router(checks), HttpLimits::default());
+        let http = platform::http::serve(http_listener, admin, config.connections.clone(), shutdown.clone());
         let sweeper = reservations::run_sweeper(reservations, config.hold_sweep_interval, shutdown.clone());
 
         // A server that fails takes the others down with it instead of leaving a half-alive process.

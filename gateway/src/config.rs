@@ -6,12 +6,20 @@ use std::time::Duration;
 
 use platform::auth::TokenAudience;
 use platform::config::{ConfigError, Env};
+use platform::http::ConnectionLimits;
 
 /// Everything the gateway needs to run; see [`Config::from_env`] for the variables and defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `LISTEN_ADDR` (0.0.0.0:8080): GraphQL, playground, assets, health and metrics.
+    /// `LISTEN_ADDR` (0.0.0.0:8080): GraphQL, playground, assets, `/alive` and a status-only `/health`.
     pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR` (0.0.0.0:9080): `/metrics`, the per-check `/health` and `/alive`, for
+    /// monitoring only (never expose it to clients).
+    pub admin_listen_addr: SocketAddr,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (5), `HTTP_MAX_CONNECTIONS` (10000),
+    /// `HTTP_MAX_CONNECTIONS_PER_IP` (256), for each listener. Behind a load balancer that does not
+    /// keep the client's address, raise the per-address cap: every client then shares its address.
+    pub connections: ConnectionLimits,
     pub downstream: DownstreamConfig,
     pub events: EventsConfig,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`.
@@ -182,6 +190,8 @@ impl Config {
         }
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8080")?,
+            admin_listen_addr: env.socket_addr("ADMIN_LISTEN_ADDR", "0.0.0.0:9080")?,
+            connections: ConnectionLimits::from_env(env)?,
             downstream,
             events,
             audience: TokenAudience::from_env(env),
@@ -229,6 +239,7 @@ mod tests {
     fn defaults_match_the_local_stack() {
         let config = config(&[]).unwrap();
         assert_eq!(config.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.admin_listen_addr.to_string(), "0.0.0.0:9080");
         assert_eq!(config.downstream.identity_url, "http://127.0.0.1:8081");
         assert_eq!(config.downstream.ordering_url, "http://127.0.0.1:8082");
         assert_eq!(config.downstream.catalog_url, "http://127.0.0.1:50051");

@@ -61,7 +61,7 @@ pub fn router(state: Arc<HttpState>, health: HealthChecks, limits: HttpLimits) -
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/assets/{version}/{name}", get(playground::asset))
         .with_state(state)
-        .merge(platform::health::router(health));
+        .merge(platform::health::public_router(health));
     platform::http::with_common_layers(routes, limits)
 }
 

@@ -45,19 +45,26 @@ pub struct App {
     listener: TcpListener,
     http_addr: SocketAddr,
     router: Router,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    admin_router: Router,
     services: Arc<Services>,
     /// Ends WebSocket connections, which graceful HTTP shutdown does not wait for.
     sockets_shutdown: CancellationToken,
 }
 
 impl App {
-    /// Binds the listener and prepares the downstream clients. Nothing downstream is contacted yet:
+    /// Binds both listeners and prepares the downstream clients. Nothing downstream is contacted yet:
     /// the gateway starts (and reports itself unhealthy) while the services behind it come up.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
         let http_addr = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(config.admin_listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
+        let admin_addr = admin_listener.local_addr()?;
         let verifier =
             JwtVerifier::new(KeySource::identity(&config.downstream.identity_url)?, config.audience.clone());
         let services = Arc::new(Services {
@@ -82,12 +89,30 @@ impl App {
         });
         let limits =
             HttpLimits { max_body_bytes: config.max_body_bytes, request_timeout: config.request_timeout };
-        let router = http::router(state, health_checks(&services), limits);
-        Ok(App { config, listener, http_addr, router, services, sockets_shutdown })
+        let checks = health_checks(&services);
+        let admin_router =
+            platform::http::with_common_layers(platform::health::admin_router(checks.clone()), limits);
+        let router = http::router(state, checks, limits);
+        Ok(App {
+            config,
+            listener,
+            http_addr,
+            router,
+            admin_listener,
+            admin_addr,
+            admin_router,
+            services,
+            sockets_shutdown,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The admin port: `/metrics` and the per-check `/health`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The order event hub: whether its consumer is bound to the broker
@@ -118,11 +143,24 @@ impl App {
             signal.cancelled().await;
             sockets.cancel();
         });
-        tracing::info!(addr = %self.http_addr, playground = self.config.playground_enabled, "gateway listening");
-        platform::http::serve(self.listener, self.router, shutdown.clone()).await?;
+        tracing::info!(
+            addr = %self.http_addr,
+            admin.addr = %self.admin_addr,
+            playground = self.config.playground_enabled,
+            "gateway listening"
+        );
+        let limits = self.config.connections.clone();
+        let admin = tokio::spawn(platform::http::serve(
+            self.admin_listener,
+            self.admin_router,
+            limits.clone(),
+            shutdown.clone(),
+        ));
+        let served = platform::http::serve(self.listener, self.router, limits, shutdown.clone()).await;
         shutdown.cancel();
         consumer.await?;
-        Ok(())
+        admin.await??;
+        Ok(served?)
     }
 }
 

@@ -22,7 +22,8 @@ fn through(url: &str, addr: SocketAddr) -> (SocketAddr, String) {
 }
 
 async fn rabbitmq_status(stack: &Stack) -> String {
-    let response = stack.gateway.http.get(format!("{}/health", stack.gateway.url())).send().await.unwrap();
+    let response =
+        stack.gateway.http.get(format!("{}/health", stack.gateway.admin_url)).send().await.unwrap();
     let report: Value = response.json().await.unwrap();
     report["checks"]["rabbitmq"]["status"].as_str().unwrap_or_default().to_owned()
 }

@@ -12,7 +12,8 @@ use support::{Stack, unique_email};
 
 /// Calls to catalog's `BatchGetConcerts` so far, from the gateway's `/metrics`.
 async fn batch_calls(stack: &Stack) -> u64 {
-    let metrics = stack.gateway.http.get(format!("{}/metrics", stack.gateway.url())).send().await.unwrap();
+    let metrics =
+        stack.gateway.http.get(format!("{}/metrics", stack.gateway.admin_url)).send().await.unwrap();
     let text = metrics.text().await.unwrap();
     text.lines()
         .filter(|line| line.starts_with("gateway_downstream_duration_seconds_count"))

@@ -270,16 +270,26 @@ async fn floods_from_one_client_are_rate_limited() {
 }
 
 #[tokio::test]
-async fn health_names_the_services_that_are_down() {
+async fn the_admin_health_names_the_services_that_are_down_and_the_public_one_does_not() {
     let gateway = Gateway::alone(&[]).await;
-    let response = gateway.http.get(format!("{}/health", gateway.url())).send().await.unwrap();
+    let response = gateway.http.get(format!("{}/health", gateway.admin_url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let report: Value = response.json().await.unwrap();
     for service in ["identity", "ordering", "catalog"] {
         assert_eq!(report["checks"][service]["status"], "unhealthy", "{report}");
     }
-    let metrics = gateway.http.get(format!("{}/metrics", gateway.url())).send().await.unwrap();
-    assert_eq!(metrics.status(), StatusCode::OK);
+    let public = gateway.http.get(format!("{}/health", gateway.url())).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(public.json::<Value>().await.unwrap(), json!({"status": "unhealthy"}));
+}
+
+#[tokio::test]
+async fn metrics_are_on_the_admin_port_only() {
+    let gateway = Gateway::alone(&[]).await;
+    let public = gateway.http.get(format!("{}/metrics", gateway.url())).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let admin = gateway.http.get(format!("{}/metrics", gateway.admin_url)).send().await.unwrap();
+    assert_eq!(admin.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -51,8 +51,15 @@ async fn catalog_down_means_unavailable_well_within_the_deadline_and_recovery_af
     assert_eq!(error_code(&single).as_deref(), Some("UNAVAILABLE"), "{single}");
 
     // After a few failures the circuit is open: later calls fail without trying catalog at all.
-    let metrics =
-        gateway.http.get(format!("{}/metrics", gateway.url())).send().await.unwrap().text().await.unwrap();
+    let metrics = gateway
+        .http
+        .get(format!("{}/metrics", gateway.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.lines().any(|line| line.starts_with("circuit_breaker_opened_total{breaker=\"catalog\"}")),
         "the catalog circuit opened:\n{metrics}"

@@ -6,14 +6,21 @@ use std::time::Duration;
 use platform::auth::TokenAudience;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
-use platform::http::HttpLimits;
+use platform::http::{ConnectionLimits, HttpLimits};
 
 use crate::throttle::TrustedProxies;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `LISTEN_ADDR`, default `0.0.0.0:8081`.
+    /// `LISTEN_ADDR`, default `0.0.0.0:8081`: the API, `/alive` and a status-only `/health`.
     pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR`, default `0.0.0.0:9081`: `/metrics` and the per-check `/health`, for
+    /// monitoring only.
+    pub admin_listen_addr: SocketAddr,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (5), `HTTP_MAX_CONNECTIONS` (10000),
+    /// `HTTP_MAX_CONNECTIONS_PER_IP` (256). Peers in `TRUSTED_PROXY_ADDRS` are exempt from the
+    /// per-address cap: every client arrives through them (see [`crate::App::build`]).
+    pub connections: ConnectionLimits,
     /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/ticketflow_identity`.
     pub database: DatabaseConfig,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`, shared with every verifying service.
@@ -54,6 +61,8 @@ impl Config {
         let default_hashes = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8081")?,
+            admin_listen_addr: env.socket_addr("ADMIN_LISTEN_ADDR", "0.0.0.0:9081")?,
+            connections: ConnectionLimits::from_env(env)?,
             database: DatabaseConfig::from_env(env, "ticketflow_identity")?,
             audience: TokenAudience::from_env(env),
             access_token_ttl: Duration::from_secs(env.int_in("ACCESS_TOKEN_TTL_SECS", 900, 1..=86_400)?),
@@ -105,6 +114,7 @@ mod tests {
         let source: HashMap<&'static str, String> = HashMap::new();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.listen_addr.port(), 8081);
+        assert_eq!(config.admin_listen_addr.port(), 9081);
         assert!(config.database.url.ends_with("/ticketflow_identity"));
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.refresh_token_ttl, Duration::from_secs(14 * 86_400));

@@ -21,9 +21,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use platform::auth::{JwtVerifier, KeySource};
 use platform::health::HealthChecks;
+use platform::http::ConnectionLimits;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -48,12 +50,15 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 pub struct App {
     listener: TcpListener,
     router: Router,
+    admin_listener: TcpListener,
+    admin_router: Router,
+    connections: ConnectionLimits,
     pool: PgPool,
     housekeeping: Housekeeping,
 }
 
 impl App {
-    /// Binds the listener, prepares the database (create, migrate), loads or creates the signing key
+    /// Binds both listeners, prepares the database (create, migrate), loads or creates the signing key
     /// and computes the dummy password hash.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = platform::db::prepare(&config.database, &MIGRATOR).await?;
@@ -92,12 +97,35 @@ impl App {
             async move { platform::db::ping(&pool).await }
         });
         let router = platform::http::with_common_layers(
-            http::router(state).merge(platform::health::router(checks)),
+            http::router(state).merge(platform::health::public_router(checks.clone())),
             config.http,
         );
-        let listener = TcpListener::bind(config.listen_addr).await?;
-        tracing::info!(http.addr = %listener.local_addr()?, "identity listening");
-        Ok(App { listener, router, pool, housekeeping: Housekeeping { refresh_tokens, throttle } })
+        let admin_router =
+            platform::http::with_common_layers(platform::health::admin_router(checks), config.http);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_listen_addr)
+            .await
+            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
+        tracing::info!(
+            http.addr = %listener.local_addr()?,
+            admin.addr = %admin_listener.local_addr()?,
+            "identity listening"
+        );
+        // A trusted proxy (the gateway) carries every client's requests over its own connections, so
+        // a per-address cap on it would be a cap on all clients together; the overall cap still holds.
+        let trusted = config.trusted_proxies.clone();
+        let connections = config.connections.clone().exempting(move |peer| trusted.contains(peer));
+        Ok(App {
+            listener,
+            router,
+            admin_listener,
+            admin_router,
+            connections,
+            pool,
+            housekeeping: Housekeeping { refresh_tokens, throttle },
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -105,12 +133,25 @@ impl App {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The admin port: `/metrics` and the per-check `/health`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Serves until `shutdown` is cancelled, lets in-flight requests finish, then closes the pool.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let housekeeping = tokio::spawn(self.housekeeping.run(shutdown.clone()));
-        let served = platform::http::serve(self.listener, self.router, shutdown.clone()).await;
+        let admin = tokio::spawn(platform::http::serve(
+            self.admin_listener,
+            self.admin_router,
+            self.connections.clone(),
+            shutdown.clone(),
+        ));
+        let served =
+            platform::http::serve(self.listener, self.router, self.connections, shutdown.clone()).await;
         shutdown.cancel();
         let _ = housekeeping.await;
+        admin.await??;
         self.pool.close().await;
         tracing::info!("identity stopped");
         Ok(served?)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
+use platform::http::ConnectionLimits;
 
 /// Everything the worker needs to run; see [`Config::from_env`] for the variables and defaults.
 #[derive(Debug, Clone)]
@@ -25,8 +26,12 @@ pub struct Config {
     /// Back-off before the n-th retry; retries past the end of the list wait the last delay.
     pub retry_delays: Vec<Duration>,
     pub database: DatabaseConfig,
-    /// The admin port: `/health`, `/alive`, `/metrics`.
-    pub listen_addr: SocketAddr,
+    /// The admin port: `/health` (per check), `/alive`, `/metrics`.
+    pub admin_listen_addr: SocketAddr,
+    /// Whether the deprecated `LISTEN_ADDR` gave [`Config::admin_listen_addr`].
+    pub admin_listen_addr_from_old_name: bool,
+    /// Connection limits of the admin port.
+    pub connections: ConnectionLimits,
     /// Mail through SMTP when set; otherwise every notification is written to the log.
     pub smtp: Option<SmtpConfig>,
     /// Bounds one send, whatever the sender: a hung mail server costs a retry, not a stuck
@@ -50,7 +55,9 @@ const DEFAULT_RETRY_DELAYS: &str = "1,5,30";
 impl Config {
     /// `AMQP_URL`, `EVENTS_EXCHANGE`, `NOTIFICATIONS_QUEUE`, `PREFETCH` (32), `MAX_ATTEMPTS` (6),
     /// `RETRY_DELAYS` (comma-separated seconds, `1,5,30`), `DATABASE_URL` (+ the pool settings of
-    /// [`DatabaseConfig`]; `DATABASE_MAX_CONNECTIONS` at least 2), `LISTEN_ADDR` (`0.0.0.0:8084`),
+    /// [`DatabaseConfig`]; `DATABASE_MAX_CONNECTIONS` at least 2), `ADMIN_LISTEN_ADDR` (`0.0.0.0:8084`;
+    /// the deprecated `LISTEN_ADDR` is read when it is unset), `HTTP_HEADER_READ_TIMEOUT_SECONDS` (5),
+    /// `HTTP_MAX_CONNECTIONS` (10000), `HTTP_MAX_CONNECTIONS_PER_IP` (256),
     /// `SMTP_URL` (unset: log sender), `SMTP_FROM`, `SEND_TIMEOUT_SECS` (15),
     /// `SHUTDOWN_TIMEOUT_SECS` (20).
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
@@ -72,6 +79,8 @@ impl Config {
         if send_timeout.is_zero() {
             return Err(ConfigError::new("SEND_TIMEOUT_SECS", "a positive number of seconds", "0"));
         }
+        let (admin_listen_addr, admin_listen_addr_from_old_name) =
+            env.renamed_socket_addr("ADMIN_LISTEN_ADDR", "LISTEN_ADDR", "0.0.0.0:8084")?;
         Ok(Self {
             amqp_url: env.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", &["amqp", "amqps"])?,
             exchange: amqp_name(env, "EVENTS_EXCHANGE", platform::events::DEFAULT_EXCHANGE)?,
@@ -80,7 +89,9 @@ impl Config {
             max_attempts: env.int_in("MAX_ATTEMPTS", 6, 1..=100)?,
             retry_delays: retry_delays(env)?,
             database,
-            listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8084")?,
+            admin_listen_addr,
+            admin_listen_addr_from_old_name,
+            connections: ConnectionLimits::from_env(env)?,
             smtp,
             send_timeout,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(20))?,
@@ -161,7 +172,7 @@ mod tests {
         assert_eq!(config.exchange, "ticketflow.events");
         assert_eq!(config.queue, "notifications.orders");
         assert_eq!(config.prefetch, 32);
-        assert_eq!(config.listen_addr.port(), 8084);
+        assert_eq!(config.admin_listen_addr.port(), 8084);
         assert_eq!(
             config.retry_delays,
             [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)]

@@ -19,5 +19,5 @@ pub fn router(pool: PgPool, broker: BrokerState) -> Router {
             let pool = pool.clone();
             async move { platform::db::ping(&pool).await }
         });
-    platform::http::with_common_layers(platform::health::router(checks), HttpLimits::default())
+    platform::http::with_common_layers(platform::health::admin_router(checks), HttpLimits::default())
 }

@@ -56,9 +56,12 @@ impl App {
 
     /// [`App::build`] with a sender of the caller's choice.
     pub async fn build_with_sender(config: Config, sender: Arc<dyn Sender>) -> anyhow::Result<App> {
-        let listener = TcpListener::bind(config.listen_addr)
+        if config.admin_listen_addr_from_old_name {
+            tracing::warn!("LISTEN_ADDR is deprecated for notifications: set ADMIN_LISTEN_ADDR instead");
+        }
+        let listener = TcpListener::bind(config.admin_listen_addr)
             .await
-            .with_context(|| format!("binding the admin port {}", config.listen_addr))?;
+            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
         let pool =
             platform::db::prepare(&config.database, &MIGRATOR).await.context("preparing the database")?;
         // Install the Prometheus recorder now: counts made before the first scrape would be lost.
@@ -67,9 +70,15 @@ impl App {
         Ok(App { config, listener, pool, sender })
     }
 
-    /// The admin port serving `/health`, `/alive` and `/metrics`.
+    /// The admin port serving `/health`, `/alive` and `/metrics`: the worker's only HTTP port, the
+    /// same as [`App::admin_addr`].
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.config.listen_addr)
+        self.admin_addr()
+    }
+
+    /// The admin port serving `/health`, `/alive` and `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.admin_listen_addr)
     }
 
     pub fn topology(&self) -> Topology {
@@ -85,6 +94,7 @@ impl App {
         let server = tokio::spawn(platform::http::serve(
             self.listener,
             http::router(self.pool.clone(), broker.clone()),
+            self.config.connections.clone(),
             http_stop.clone(),
         ));
         let worker = Arc::new(worker::Worker {

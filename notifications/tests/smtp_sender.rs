@@ -135,7 +135,7 @@ async fn with_smtp_configured_the_worker_mails_each_event() {
     vars.insert("EVENTS_EXCHANGE", base.exchange.clone());
     vars.insert("NOTIFICATIONS_QUEUE", base.queue.clone());
     vars.insert("RETRY_DELAYS", "0.2,0.4".to_owned());
-    vars.insert("LISTEN_ADDR", "127.0.0.1:0".to_owned());
+    vars.insert("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned());
     vars.insert("DATABASE_MAX_CONNECTIONS", "4".to_owned());
     vars.insert("AMQP_URL", integration::amqp_url());
     let config = Config::from_env(&Env::new(&vars)).unwrap();

@@ -6,12 +6,18 @@ use std::time::Duration;
 use platform::auth::TokenAudience;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
-use platform::http::HttpLimits;
+use platform::http::{ConnectionLimits, HttpLimits};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `LISTEN_ADDR`, default `0.0.0.0:8082`: the REST API and `/health`, `/alive`, `/metrics`.
+    /// `LISTEN_ADDR`, default `0.0.0.0:8082`: the REST API, `/alive` and a status-only `/health`.
     pub listen_addr: SocketAddr,
+    /// `ADMIN_LISTEN_ADDR`, default `0.0.0.0:9082`: `/metrics` and the per-check `/health`, for
+    /// monitoring only.
+    pub admin_listen_addr: SocketAddr,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (5), `HTTP_MAX_CONNECTIONS` (10000),
+    /// `HTTP_MAX_CONNECTIONS_PER_IP` (256), for each listener.
+    pub connections: ConnectionLimits,
     /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/ticketflow_ordering`.
     pub database: DatabaseConfig,
     pub catalog: CatalogConfig,
@@ -81,6 +87,8 @@ impl Config {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8082")?,
+            admin_listen_addr: env.socket_addr("ADMIN_LISTEN_ADDR", "0.0.0.0:9082")?,
+            connections: ConnectionLimits::from_env(env)?,
             database: DatabaseConfig::from_env(env, "ticketflow_ordering")?,
             catalog: CatalogConfig {
                 url: env.url("CATALOG_GRPC_URL", "http://127.0.0.1:50051", &["http", "https"])?,
@@ -158,6 +166,7 @@ mod tests {
         let source: HashMap<&'static str, String> = HashMap::new();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.listen_addr.port(), 8082);
+        assert_eq!(config.admin_listen_addr.port(), 9082);
         assert!(config.database.url.ends_with("/ticketflow_ordering"));
         assert_eq!(config.catalog.url, "http://127.0.0.1:50051");
         assert_eq!(config.relay.exchange, "ticketflow.events");

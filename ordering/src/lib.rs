@@ -23,9 +23,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::Router;
 use platform::auth::{JwtVerifier, KeySource};
 use platform::health::HealthChecks;
+use platform::http::ConnectionLimits;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -41,13 +43,17 @@ pub struct App {
     listener: TcpListener,
     http_addr: SocketAddr,
     router: Router,
+    admin_listener: TcpListener,
+    admin_addr: SocketAddr,
+    admin_router: Router,
+    connections: ConnectionLimits,
     db: PgPool,
     relay: relay::Relay,
     sweeper: sweeper::Sweeper,
 }
 
 impl App {
-    /// Binds the listener, prepares the database and sets up catalog, relay and sweeper, taking
+    /// Binds both listeners, prepares the database and sets up catalog, relay and sweeper, taking
     /// payments through the built-in test provider.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         Self::build_with_payments(config, Arc::new(TestPaymentProvider)).await
@@ -96,19 +102,43 @@ impl App {
                     let catalog = catalog.clone();
                     async move { catalog.check_health().await }
                 });
-        let routes =
-            http::router(http::AppState { orders, verifier }).merge(platform::health::router(checks));
+        let routes = http::router(http::AppState { orders, verifier })
+            .merge(platform::health::public_router(checks.clone()));
         let router = platform::http::with_common_layers(routes, config.http);
+        let admin_router =
+            platform::http::with_common_layers(platform::health::admin_router(checks), config.http);
 
-        let listener = TcpListener::bind(config.listen_addr).await?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        let admin_listener = TcpListener::bind(config.admin_listen_addr)
+            .await
+            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
         let http_addr = listener.local_addr()?;
-        tracing::info!(%http_addr, "ordering listening");
-        Ok(App { listener, http_addr, router, db, relay, sweeper })
+        let admin_addr = admin_listener.local_addr()?;
+        tracing::info!(%http_addr, %admin_addr, "ordering listening");
+        Ok(App {
+            listener,
+            http_addr,
+            router,
+            admin_listener,
+            admin_addr,
+            admin_router,
+            connections: config.connections,
+            db,
+            relay,
+            sweeper,
+        })
     }
 
     /// The port serving the API and `/health`.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The admin port: `/metrics` and the per-check `/health`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// Serves until `shutdown`, lets in-flight requests finish, then stops the relay (after a last
@@ -117,7 +147,13 @@ impl App {
         let workers = CancellationToken::new();
         let relay = tokio::spawn(self.relay.run(workers.clone()));
         let sweeper = tokio::spawn(self.sweeper.run(workers.clone()));
-        let served = platform::http::serve(self.listener, self.router, shutdown).await;
+        let admin = tokio::spawn(platform::http::serve(
+            self.admin_listener,
+            self.admin_router,
+            self.connections.clone(),
+            shutdown.clone(),
+        ));
+        let served = platform::http::serve(self.listener, self.router, self.connections, shutdown).await;
         workers.cancel();
         if let Err(error) = relay.await {
             tracing::error!(%error, "outbox relay task failed");
@@ -126,6 +162,7 @@ impl App {
             tracing::error!(%error, "sweeper task failed");
         }
         self.db.close().await;
+        admin.await??;
         tracing::info!("ordering stopped");
         Ok(served?)
     }

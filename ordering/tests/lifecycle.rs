@@ -66,10 +66,12 @@ async fn a_buyer_places_confirms_and_cancels_an_order_and_every_step_is_announce
     assert_eq!(again.headers["content-type"], "application/problem+json");
     assert!(events.next(Duration::from_millis(500)).await.is_none(), "nothing more happened");
 
-    let metrics = support::answer(stack.http.get(format!("{}/metrics", stack.ordering_url))).await.text;
+    let metrics = support::answer(stack.http.get(format!("{}/metrics", stack.ordering_admin_url))).await.text;
     for name in ["orders_placed_total", "outbox_published_total", "outbox_lag_seconds", "outbox_pending"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    let public = support::answer(stack.http.get(format!("{}/metrics", stack.ordering_url))).await;
+    assert_eq!(public.status, StatusCode::NOT_FOUND, "order volume is for the admin port only");
 }
 
 #[tokio::test]

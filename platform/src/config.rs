@@ -123,6 +123,20 @@ impl<'a> Env<'a> {
         raw.parse().map_err(|_| ConfigError::new(name, "a socket address such as 0.0.0.0:8080", raw))
     }
 
+    /// A socket address under `name`, or under `old_name`, the name it had before, when only that is
+    /// set. The flag says the old name was used, so the service can warn once logging is up.
+    pub fn renamed_socket_addr(
+        &self,
+        name: &str,
+        old_name: &str,
+        default: &str,
+    ) -> Result<(SocketAddr, bool), ConfigError> {
+        match (self.optional(name), self.optional(old_name)) {
+            (None, Some(_)) => Ok((self.socket_addr(old_name, default)?, true)),
+            _ => Ok((self.socket_addr(name, default)?, false)),
+        }
+    }
+
     /// A URL with one of the given schemes (`http`, `postgres`, `redis`, `amqp`, ...).
     pub fn url(&self, name: &str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
         let raw = self.string(name, default);
@@ -270,6 +284,29 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn a_renamed_address_still_answers_to_its_old_name_and_the_new_name_wins() {
+        let old = env_of(&[("LISTEN_ADDR", "127.0.0.1:1")]);
+        assert_eq!(
+            Env::new(&old).renamed_socket_addr("ADMIN_LISTEN_ADDR", "LISTEN_ADDR", "0.0.0.0:2").unwrap(),
+            ("127.0.0.1:1".parse().unwrap(), true)
+        );
+        let both = env_of(&[("LISTEN_ADDR", "127.0.0.1:1"), ("ADMIN_LISTEN_ADDR", "127.0.0.1:3")]);
+        assert_eq!(
+            Env::new(&both).renamed_socket_addr("ADMIN_LISTEN_ADDR", "LISTEN_ADDR", "0.0.0.0:2").unwrap(),
+            ("127.0.0.1:3".parse().unwrap(), false)
+        );
+        let neither = env_of(&[]);
+        assert_eq!(
+            Env::new(&neither)
+                .renamed_socket_addr("ADMIN_LISTEN_ADDR", "LISTEN_ADDR", "0.0.0.0:2")
+                .unwrap()
+                .0
+                .port(),
+            2
+        );
     }
 
     #[test]

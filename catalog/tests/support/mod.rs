@@ -78,7 +78,7 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
         // Tests run in parallel against one Postgres: small pools keep them under its limit.
         ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
         ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("REDIS_URL", settings.redis_url),
         ("REDIS_KEY_PREFIX", names.redis_prefix()),
         ("REDIS_TIMEOUT_MS", settings.redis_timeout_ms.to_string()),

@@ -32,6 +32,8 @@ pub struct Gateway {
     /// (dropping blocks the test's runtime, so no service is running).
     _exchange_cleanup: Option<ExchangeCleanup>,
     pub service: RunningService,
+    /// The admin port's base URL (`/metrics`, the per-check `/health`).
+    pub admin_url: String,
     pub http: reqwest::Client,
     /// The gateway's event hub, to see when subscriptions listen.
     pub events: gateway::events::OrderEvents,
@@ -45,6 +47,7 @@ impl Gateway {
         integration::init();
         let mut all: HashMap<&'static str, String> = HashMap::from([
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("AMQP_URL", integration::amqp_url()),
             // Generous: tests on a busy 2-core machine fire requests quickly from one address.
             ("RATE_LIMIT_PER_SECOND", "1000".to_owned()),
@@ -60,11 +63,13 @@ impl Gateway {
             .map(|exchange| ExchangeCleanup { exchange });
         let app = gateway::App::build(config).await.expect("gateway builds");
         let events = app.order_events();
+        let admin_url = format!("http://{}", app.admin_addr());
         let shutdown = CancellationToken::new();
         let service = RunningService::spawn("gateway", app.http_addr(), shutdown.clone(), app.run(shutdown));
         let gateway = Gateway {
             _exchange_cleanup: exchange_cleanup,
             service,
+            admin_url,
             http: reqwest::Client::new(),
             events,
             _refusing: None,
@@ -112,8 +117,15 @@ impl Gateway {
     pub async fn wait_consuming(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let report: Value =
-                self.http.get(format!("{}/health", self.url())).send().await.unwrap().json().await.unwrap();
+            let report: Value = self
+                .http
+                .get(format!("{}/health", self.admin_url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if report["checks"]["rabbitmq"]["status"] == "healthy" {
                 return;
             }
@@ -230,6 +242,7 @@ impl Stack {
         let identity_db = TestDatabase::create(&names.database("identity")).await.unwrap();
         let identity_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", identity_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
@@ -248,6 +261,7 @@ impl Stack {
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("REDIS_URL", integration::redis_url()),
             ("REDIS_KEY_PREFIX", names.redis_prefix()),
             ("IDENTITY_URL", identity_url.clone()),
@@ -264,6 +278,7 @@ impl Stack {
         let ordering_db = TestDatabase::create(&names.database("ordering")).await.unwrap();
         let ordering_vars = vars(&[
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", ordering_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("CATALOG_GRPC_URL", format!("http://{catalog_grpc}")),

@@ -15,6 +15,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub struct TestApp {
     // Field order matters: the service stops before its database is dropped.
     pub service: RunningService,
+    /// The admin port's base URL (`/metrics`, the per-check `/health`).
+    pub admin_url: String,
     pub config: Config,
     pub client: reqwest::Client,
     pub db: TestDatabase,
@@ -31,6 +33,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.expect("test database");
     let source: HashMap<&'static str, String> = [
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
         // Tests run in parallel against one Postgres: a small pool per service keeps them all under
         // the server's connection limit.
@@ -39,25 +42,26 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     .into();
     let mut config = Config::from_env(&Env::new(&source)).expect("test configuration");
     adjust(&mut config);
-    let service = start(config.clone()).await;
-    TestApp { service, config, client: reqwest::Client::new(), db }
+    let (service, admin_url) = start(config.clone()).await;
+    TestApp { service, admin_url, config, client: reqwest::Client::new(), db }
 }
 
-async fn start(config: Config) -> RunningService {
+async fn start(config: Config) -> (RunningService, String) {
     let app = App::build(config).await.expect("identity builds");
+    let admin_url = format!("http://{}", app.admin_addr());
     let shutdown = CancellationToken::new();
     let service = RunningService::spawn("identity", app.http_addr(), shutdown.clone(), app.run(shutdown));
     service.wait_healthy(Duration::from_secs(10)).await.expect("identity healthy");
-    service
+    (service, admin_url)
 }
 
 impl TestApp {
     /// Stops the service and starts a new one on the same database, as a redeploy would.
     pub async fn restart(self) -> TestApp {
-        let TestApp { service, config, client, db } = self;
+        let TestApp { service, config, client, db, .. } = self;
         service.stop().await.expect("identity stops cleanly");
-        let service = start(config.clone()).await;
-        TestApp { service, config, client, db }
+        let (service, admin_url) = start(config.clone()).await;
+        TestApp { service, admin_url, config, client, db }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -79,10 +79,22 @@ async fn oversized_bodies_are_refused() {
 }
 
 #[tokio::test]
-async fn health_reports_postgres() {
+async fn health_reports_postgres_on_the_admin_port_only() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/health")).send().await.unwrap();
+    let response = app.client.get(format!("{}/health", app.admin_url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["postgres"]["status"], "healthy");
+
+    let public: Value = app.client.get(app.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(public, serde_json::json!({"status": "healthy"}), "the public port names no dependency");
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_the_admin_port_not_the_public_one() {
+    let app = spawn_app().await;
+    let public = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let admin = app.client.get(format!("{}/metrics", app.admin_url)).send().await.unwrap();
+    assert_eq!(admin.status(), StatusCode::OK);
 }

@@ -160,7 +160,7 @@ impl World {
             ("DATABASE_URL", database_url.to_owned()),
             ("EVENTS_EXCHANGE", self.exchange.clone()),
             ("NOTIFICATIONS_QUEUE", self.queue.clone()),
-            ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+            ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("RETRY_DELAYS", self.retry_delays.to_owned()),
             ("MAX_ATTEMPTS", max_attempts),
             // Tests run in parallel against one Postgres: small pools keep them under its limit.

@@ -68,6 +68,8 @@ pub struct Stack {
     pub names: TestNames,
     pub http: reqwest::Client,
     pub ordering_url: String,
+    /// The admin port's base URL (`/metrics`, the per-check `/health`).
+    pub ordering_admin_url: String,
     identity_url: String,
     /// Ordering's own database, to check what was (not) written.
     pub orders_db: PgPool,
@@ -114,6 +116,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_URL", identity_db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
     ]);
     let config = identity::Config::from_env(&Env::new(&vars)).expect("identity configuration");
     let app = identity::App::build(config).await.expect("identity builds");
@@ -126,6 +129,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("GRPC_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("REDIS_URL", integration::redis_url()),
         ("REDIS_KEY_PREFIX", names.redis_prefix()),
         ("CACHE_TTL_SECS", "1".to_owned()),
@@ -157,6 +161,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("DATABASE_ACQUIRE_TIMEOUT_SECS", "30".to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("CATALOG_GRPC_URL", format!("http://{catalog_target}")),
         // A loaded 2-core machine answers slowly; the outage test shows what "fast" means.
         ("CATALOG_TIMEOUT_MS", "3000".to_owned()),
@@ -171,6 +176,7 @@ pub async fn spawn_with(options: Options) -> Stack {
     ]);
     let config = ordering::Config::from_env(&Env::new(&vars)).expect("ordering configuration");
     let app = ordering::App::build(config).await.expect("ordering builds");
+    let ordering_admin_url = format!("http://{}", app.admin_addr());
     let ordering = start("ordering", app.http_addr(), |token| app.run(token)).await;
 
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
@@ -190,6 +196,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         names,
         http,
         ordering_url: ordering.http_url(),
+        ordering_admin_url,
         identity_url,
         orders_db,
         catalog_grpc,
@@ -365,9 +372,9 @@ impl Stack {
             .expect("count orders")
     }
 
-    /// Ordering's `/health` body.
+    /// Ordering's per-check `/health` body, from its admin port.
     pub async fn health(&self) -> Value {
-        answer(self.http.get(format!("{}/health", self.ordering_url))).await.json
+        answer(self.http.get(format!("{}/health", self.ordering_admin_url))).await.json
     }
 
     /// Waits until ordering's relay holds a broker connection.

@@ -95,6 +95,8 @@ impl BinaryStack {
             "identity",
             vec![
                 ("LISTEN_ADDR", identity.to_string()),
+                // Nothing here scrapes the admin ports; any free one keeps parallel stacks apart.
+                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
                 ("DATABASE_URL", identity_db.url.clone()),
                 // The launcher's default: logins reach identity through the gateway on loopback.
                 ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
@@ -103,7 +105,7 @@ impl BinaryStack {
         let catalog = start(
             "catalog",
             vec![
-                ("LISTEN_ADDR", catalog_http.to_string()),
+                ("ADMIN_LISTEN_ADDR", catalog_http.to_string()),
                 ("GRPC_LISTEN_ADDR", catalog_grpc.to_string()),
                 ("DATABASE_URL", catalog_db.url.clone()),
                 ("SEED_CATALOG", "true".to_owned()),
@@ -111,13 +113,23 @@ impl BinaryStack {
         )?;
         let ordering = start(
             "ordering",
-            vec![("LISTEN_ADDR", ordering.to_string()), ("DATABASE_URL", ordering_db.url.clone())],
+            vec![
+                ("LISTEN_ADDR", ordering.to_string()),
+                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+                ("DATABASE_URL", ordering_db.url.clone()),
+            ],
         )?;
         let notifications = start(
             "notifications",
-            vec![("LISTEN_ADDR", notifications.to_string()), ("DATABASE_URL", notifications_db.url.clone())],
+            vec![
+                ("ADMIN_LISTEN_ADDR", notifications.to_string()),
+                ("DATABASE_URL", notifications_db.url.clone()),
+            ],
         )?;
-        let gateway = start("gateway", vec![("LISTEN_ADDR", gateway.to_string())])?;
+        let gateway = start(
+            "gateway",
+            vec![("LISTEN_ADDR", gateway.to_string()), ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned())],
+        )?;
 
         let mut stack = Self {
             identity,

@@ -120,15 +120,32 @@ impl ServiceView {
         Self::load(service, vars).unwrap_or_else(|e| panic!("{file}: {service} refuses its environment: {e}"))
     }
 
-    /// The address serving `/health`, `/alive` and `/metrics` (and, but for catalog, the API).
-    fn http_addr(&self) -> SocketAddr {
+    /// The public HTTP port (the API, `/alive`, a status-only `/health`); catalog (gRPC) and
+    /// notifications (a worker) have none.
+    fn public_http_addr(&self) -> Option<SocketAddr> {
         match &self.config {
-            Loaded::Identity(c) => c.listen_addr,
-            Loaded::Catalog(c) => c.listen_addr,
-            Loaded::Ordering(c) => c.listen_addr,
-            Loaded::Notifications(c) => c.listen_addr,
-            Loaded::Gateway(c) => c.listen_addr,
+            Loaded::Identity(c) => Some(c.listen_addr),
+            Loaded::Ordering(c) => Some(c.listen_addr),
+            Loaded::Gateway(c) => Some(c.listen_addr),
+            Loaded::Catalog(_) | Loaded::Notifications(_) => None,
         }
+    }
+
+    /// The admin port: `/metrics`, the per-check `/health`, `/alive`.
+    fn admin_addr(&self) -> SocketAddr {
+        match &self.config {
+            Loaded::Identity(c) => c.admin_listen_addr,
+            Loaded::Catalog(c) => c.admin_listen_addr,
+            Loaded::Ordering(c) => c.admin_listen_addr,
+            Loaded::Notifications(c) => c.admin_listen_addr,
+            Loaded::Gateway(c) => c.admin_listen_addr,
+        }
+    }
+
+    /// Where health checks and probes go: the public port's cheap `/health` when there is one (what
+    /// a load balancer sees), else the admin port.
+    fn probe_addr(&self) -> SocketAddr {
+        self.public_http_addr().unwrap_or_else(|| self.admin_addr())
     }
 
     fn grpc_addr(&self) -> Option<SocketAddr> {
@@ -139,7 +156,7 @@ impl ServiceView {
     }
 
     fn listen_addrs(&self) -> Vec<SocketAddr> {
-        std::iter::once(self.http_addr()).chain(self.grpc_addr()).collect()
+        self.public_http_addr().into_iter().chain([self.admin_addr()]).chain(self.grpc_addr()).collect()
     }
 
     /// Every URL the service connects to, with the variable it came from.
@@ -336,14 +353,14 @@ fn compose_publishes_and_health_checks_the_ports_each_service_listens_on() {
             assert_eq!(host, container, "{name}: the root README's port table has host = container port");
         }
         let check = compose.healthcheck(name);
-        let port = view.http_addr().port();
+        let port = view.probe_addr().port();
         assert!(
             check.contains(&format!("http://127.0.0.1:{port}/health"))
                 || check.contains(&format!("http://127.0.0.1:{port}/alive")),
             "{name}: the health check `{check}` must probe /health or /alive on {port}"
         );
     }
-    assert_eq!(compose.published("gateway"), [(8080, 8080)], "the GraphQL API on 8080");
+    assert!(compose.published("gateway").contains(&(8080, 8080)), "the GraphQL API on 8080");
 }
 
 #[test]
@@ -649,7 +666,10 @@ fn k8s_container_ports_services_and_probes_match_the_listen_addresses() {
     let k8s = Kubernetes::load();
     for name in SERVICES {
         let view = k8s.view(name);
-        let mut expected = BTreeMap::from([("http".to_owned(), view.http_addr().port())]);
+        let mut expected = BTreeMap::from([("admin".to_owned(), view.admin_addr().port())]);
+        if let Some(http) = view.public_http_addr() {
+            expected.insert("http".to_owned(), http.port());
+        }
         if let Some(grpc) = view.grpc_addr() {
             expected.insert("grpc".to_owned(), grpc.port());
         }
@@ -657,16 +677,29 @@ fn k8s_container_ports_services_and_probes_match_the_listen_addresses() {
             assert!(addr.ip().is_unspecified(), "{name} listens on {addr}: the kubelet cannot probe it");
         }
         let ports = k8s.container_ports(name);
-        assert_eq!(ports, expected, "{name}: container ports vs LISTEN_ADDR/GRPC_LISTEN_ADDR");
+        assert_eq!(
+            ports, expected,
+            "{name}: container ports vs LISTEN_ADDR/ADMIN_LISTEN_ADDR/GRPC_LISTEN_ADDR"
+        );
 
         let container = k8s.container(name);
+        let probe_port = if view.public_http_addr().is_some() { "http" } else { "admin" };
         for (probe, path) in
             [("livenessProbe", "/alive"), ("readinessProbe", "/health"), ("startupProbe", "/alive")]
         {
             let get = at(container, &[probe, "httpGet"]);
             assert_eq!(str_at(get, &["path"]), Some(path), "{name}: {probe}");
-            assert_eq!(scalar(at(get, &["port"])), "http", "{name}: {probe} on the http port");
+            assert_eq!(scalar(at(get, &["port"])), probe_port, "{name}: {probe} on the {probe_port} port");
         }
+
+        let annotations = at(k8s.get("Deployment", name), &["spec", "template", "metadata", "annotations"]);
+        assert_eq!(str_at(annotations, &["prometheus.io/scrape"]), Some("true"), "{name}: scraped");
+        assert_eq!(
+            str_at(annotations, &["prometheus.io/port"]),
+            Some(view.admin_addr().port().to_string().as_str()),
+            "{name}: Prometheus scrapes the admin port"
+        );
+        assert_eq!(str_at(annotations, &["prometheus.io/path"]), Some("/metrics"), "{name}");
 
         let service = k8s.get("Service", name);
         let pod_labels = at(k8s.get("Deployment", name), &["spec", "template", "metadata", "labels"]);
@@ -683,6 +716,66 @@ fn k8s_container_ports_services_and_probes_match_the_listen_addresses() {
             let container_port = ports.get(&target).unwrap_or_else(|| panic!("{name}: targetPort {target}"));
             let number = at(port, &["port"]).as_u64().expect("port");
             assert_eq!(number, u64::from(*container_port), "{name}: Service port {target} = container port");
+        }
+    }
+}
+
+/// The namespace label that admits Prometheus to the admin ports.
+const MONITORING: (&str, &str) = ("kubernetes.io/metadata.name", "monitoring");
+
+#[test]
+fn k8s_admin_ports_are_reachable_only_from_the_monitoring_namespace() {
+    let k8s = Kubernetes::load();
+    for name in SERVICES {
+        let admin = u64::from(k8s.view(name).admin_addr().port());
+        let pod_labels = at(k8s.get("Deployment", name), &["spec", "template", "metadata", "labels"]);
+        let selects_pod = |policy: &&Value| {
+            let selector = at(policy, &["spec", "podSelector", "matchLabels"]);
+            mapping_keys(selector)
+                .iter()
+                .all(|k| at(pod_labels, &[k.as_str()]) == at(selector, &[k.as_str()]))
+        };
+        let policies: Vec<&Value> = k8s.of_kind("NetworkPolicy").filter(selects_pod).collect();
+        // A pod no policy selects accepts everything.
+        assert!(!policies.is_empty(), "{name}: no NetworkPolicy selects its pods");
+        let mut admitted = false;
+        for rule in
+            policies.iter().flat_map(|p| at(p, &["spec", "ingress"]).as_sequence().into_iter().flatten())
+        {
+            let ports = at(rule, &["ports"]).as_sequence();
+            let opens_admin =
+                ports.is_none_or(|ports| ports.iter().any(|p| at(p, &["port"]).as_u64() == Some(admin)));
+            if !opens_admin {
+                continue;
+            }
+            let from = at(rule, &["from"]).as_sequence().cloned().unwrap_or_default();
+            assert!(!from.is_empty(), "{name}: a rule opens the admin port {admin} to everyone");
+            for peer in &from {
+                let namespace = at(peer, &["namespaceSelector", "matchLabels", MONITORING.0]);
+                assert_eq!(
+                    namespace.as_str(),
+                    Some(MONITORING.1),
+                    "{name}: admin port {admin} open to {peer:?}, not only the monitoring namespace"
+                );
+                assert!(
+                    at(peer, &["podSelector"]).is_null() || at(peer, &["namespaceSelector"]).is_mapping()
+                );
+            }
+            admitted = true;
+        }
+        assert!(admitted, "{name}: Prometheus cannot reach the admin port {admin}");
+    }
+}
+
+#[test]
+fn compose_and_manifests_serve_metrics_on_the_admin_port_apart_from_the_public_one() {
+    let compose = Compose::load();
+    let k8s = Kubernetes::load();
+    for name in SERVICES {
+        for view in [compose.view(name), k8s.view(name)] {
+            if let Some(public) = view.public_http_addr() {
+                assert_ne!(public.port(), view.admin_addr().port(), "{name}: /metrics would be public");
+            }
         }
     }
 }
@@ -861,13 +954,13 @@ fn the_image_health_check_probes_each_services_default_port() {
     let dockerfile = read("Dockerfile");
     let none = BTreeMap::new();
     for name in SERVICES {
-        let port = ServiceView::load_or_panic(name, &none, "defaults").http_addr().port();
+        let port = ServiceView::load_or_panic(name, &none, "defaults").probe_addr().port();
         assert!(
             dockerfile.contains(&format!("{name}) port={port} ;;")),
             "Dockerfile: the health-port case for {name} must say port={port}, its LISTEN_ADDR default"
         );
     }
-    let gateway = ServiceView::load_or_panic("gateway", &none, "defaults").http_addr().port();
+    let gateway = ServiceView::load_or_panic("gateway", &none, "defaults").probe_addr().port();
     assert!(
         dockerfile.contains(&format!("ticketflow) port={gateway} ;;")),
         "the launcher serves the gateway's port"

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::breaker::{BreakerError, CircuitBreaker};
+use platform::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
 use serde::Serialize;
@@ -23,10 +23,14 @@ use uuid::Uuid;
 
 use crate::domain::{Concert, ListQuery, Page};
 
-/// Consecutive Redis failures that open the breaker.
-const BREAKER_FAILURES: u32 = 3;
-/// How long an open breaker skips Redis before one trial call.
-const BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
+/// Redis is skipped (for 5 s, then one trial call) once half of at least 5 calls in 10 s failed:
+/// every call to Redis is the same few commands, so a failure is Redis's, never the request's.
+const BREAKER: BreakerConfig = BreakerConfig {
+    failure_ratio: 0.5,
+    minimum_calls: 5,
+    window: Duration::from_secs(10),
+    cool_down: Duration::from_secs(5),
+};
 /// The `/health` probe may wait longer than a read would.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -86,7 +90,7 @@ impl Cache {
                 prefix: config.key_prefix.clone(),
                 ttl_secs: config.ttl.as_secs().max(1),
                 timeout: config.timeout,
-                breaker: CircuitBreaker::new("redis", BREAKER_FAILURES, BREAKER_COOL_DOWN),
+                breaker: CircuitBreaker::new("redis", BREAKER),
                 store: Script::new(STORE_IF_VERSION_UNCHANGED),
             }),
         })

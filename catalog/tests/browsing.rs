@@ -208,3 +208,63 @@ async fn malformed_reads_are_invalid_arguments_naming_the_field() {
     let status = client.batch_get_concerts(pb::BatchGetConcertsRequest { ids }).await.unwrap_err();
     assert!(status.message().starts_with("ids: "), "{}", status.message());
 }
+
+/// A page token in catalog's format around any text, as an attacker can forge one.
+fn forged_token(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+#[tokio::test]
+async fn control_characters_in_any_filter_are_invalid_arguments_not_internal_errors() {
+    let catalog = spawn().await;
+    catalog.insert(row(3)).await;
+    let mut client = catalog.client.clone();
+    let cases = [
+        ("city", pb::ListConcertsRequest { city: "Ams\0terdam".into(), ..Default::default() }),
+        ("artist", pb::ListConcertsRequest { artist: "\0".into(), ..Default::default() }),
+        ("query", pb::ListConcertsRequest { query: "tour\0".into(), ..Default::default() }),
+        ("query", pb::ListConcertsRequest { query: "\u{7}\u{1b}[2J".into(), ..Default::default() }),
+    ];
+    for (field, request) in cases {
+        let status = client.list_concerts(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert_eq!(status.message(), format!("{field}: must not contain control characters"));
+    }
+    // Catalog still answers honest browsing.
+    let page = client.list_concerts(pb::ListConcertsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(page.concerts.len(), 1);
+}
+
+#[tokio::test]
+async fn forged_page_tokens_and_out_of_range_dates_are_invalid_arguments() {
+    let catalog = spawn().await;
+    let mut client = catalog.client.clone();
+    let id = Uuid::new_v4().simple();
+    let tokens = [
+        // Years chrono holds but Postgres does not (before 4713 BC), and beyond 9999.
+        forged_token(&format!("-8000000000000000000:{id}")),
+        forged_token(&format!("8000000000000000000:{id}")),
+        forged_token(&format!("{}:{id}", i64::MAX)),
+        forged_token("garbage"),
+        forged_token(&format!("12:{id}:extra")),
+        "not base64 at all!".into(),
+        "A".repeat(5_000),
+    ];
+    for token in tokens {
+        let request = pb::ListConcertsRequest { page_token: token.clone(), ..Default::default() };
+        let status = client.list_concerts(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{token}: {status:?}");
+        assert!(status.message().starts_with("page_token: "), "{}", status.message());
+    }
+
+    let far = Some(Timestamp { seconds: -200_000_000_000, nanos: 0 });
+    for (field, request) in [
+        ("starts_after", pb::ListConcertsRequest { starts_after: far, ..Default::default() }),
+        ("starts_before", pb::ListConcertsRequest { starts_before: far, ..Default::default() }),
+    ] {
+        let status = client.list_concerts(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().starts_with(&format!("{field}: ")), "{}", status.message());
+    }
+}

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use platform::auth::TokenAudience;
+use platform::breaker::BreakerConfig;
 use platform::config::{ConfigError, Env};
 use platform::http::ConnectionLimits;
 
@@ -48,10 +49,11 @@ pub struct DownstreamConfig {
     pub call_timeout: Duration,
     /// `DOWNSTREAM_CONNECT_TIMEOUT_SECONDS` (1): opening a connection to a service.
     pub connect_timeout: Duration,
-    /// `BREAKER_FAILURE_THRESHOLD` (5): consecutive failures that open a service's circuit.
-    pub breaker_failures: u32,
-    /// `BREAKER_COOL_DOWN_SECONDS` (5): how long an open circuit answers UNAVAILABLE at once.
-    pub breaker_cool_down: Duration,
+    /// Each service's circuit: `BREAKER_FAILURE_RATIO` (0.5) of the calls in the last
+    /// `BREAKER_WINDOW_SECONDS` (10) failed, with at least `BREAKER_MINIMUM_CALLS` (10) calls, opens
+    /// it for `BREAKER_COOL_DOWN_SECONDS` (5). The old `BREAKER_FAILURE_THRESHOLD` is read as
+    /// `BREAKER_MINIMUM_CALLS` when that is unset (deprecated).
+    pub breaker: BreakerConfig,
 }
 
 /// The order events that feed subscriptions.
@@ -150,8 +152,7 @@ impl Config {
             catalog_url: trimmed(env.url("CATALOG_GRPC_URL", "http://127.0.0.1:50051", &http)?),
             call_timeout: positive(env, "DOWNSTREAM_TIMEOUT_SECONDS", Duration::from_secs(5))?,
             connect_timeout: positive(env, "DOWNSTREAM_CONNECT_TIMEOUT_SECONDS", Duration::from_secs(1))?,
-            breaker_failures: env.int_in("BREAKER_FAILURE_THRESHOLD", 5, 1..=1000)?,
-            breaker_cool_down: env.seconds("BREAKER_COOL_DOWN_SECONDS", Duration::from_secs(5))?,
+            breaker: BreakerConfig::from_env(env, "BREAKER_", "_SECONDS", "BREAKER_FAILURE_THRESHOLD")?,
         };
         let events = EventsConfig {
             amqp_url: env.url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f", &["amqp", "amqps"])?,

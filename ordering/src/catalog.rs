@@ -79,7 +79,7 @@ impl Catalog {
         Ok(Self {
             client: CatalogClient::new(channel.clone()),
             channel,
-            breaker: CircuitBreaker::new("catalog", config.breaker_failures, config.breaker_cool_down),
+            breaker: CircuitBreaker::new("catalog", config.breaker),
             timeout: config.timeout,
             attempts: config.attempts.max(1),
         })
@@ -264,6 +264,8 @@ fn seat_hold(hold: &pb::SeatHold) -> Result<SeatHold, CatalogError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use platform::breaker::BreakerConfig;
+
     use super::*;
 
     #[test]
@@ -272,6 +274,17 @@ mod tests {
         assert!(matches!(classify(Status::not_found("concert")), CatalogError::NotFound));
         assert!(matches!(classify(Status::failed_precondition("expired")), CatalogError::HoldInactive(_)));
         assert!(!is_failure(Code::ResourceExhausted));
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::OutOfRange,
+        ] {
+            assert!(!is_failure(code), "{code:?} is an answer about the request");
+        }
         assert!(!is_failure(Code::InvalidArgument));
     }
 
@@ -319,8 +332,11 @@ mod tests {
             url: format!("http://{}", refusing.local_addr().unwrap()),
             timeout: Duration::from_millis(500),
             attempts: 2,
-            breaker_failures: 2,
-            breaker_cool_down: Duration::from_secs(60),
+            breaker: BreakerConfig {
+                minimum_calls: 2,
+                cool_down: Duration::from_secs(60),
+                ..BreakerConfig::default()
+            },
         };
         let catalog = Catalog::connect_lazy(&config).unwrap();
         let started = Instant::now();

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use platform::auth::TokenAudience;
+use platform::breaker::BreakerConfig;
 use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
@@ -44,10 +45,11 @@ pub struct CatalogConfig {
     pub timeout: Duration,
     /// `CATALOG_ATTEMPTS`, default 3: attempts of an idempotent call (every seat call is).
     pub attempts: u32,
-    /// `CATALOG_BREAKER_FAILURES`, default 5 consecutive failures open the circuit...
-    pub breaker_failures: u32,
-    /// `CATALOG_BREAKER_COOL_DOWN_SECS`, default 5: ...for this long.
-    pub breaker_cool_down: Duration,
+    /// The circuit: `CATALOG_BREAKER_FAILURE_RATIO` (0.5) of the calls in the last
+    /// `CATALOG_BREAKER_WINDOW_SECS` (10) failed, with at least `CATALOG_BREAKER_MINIMUM_CALLS` (10)
+    /// calls, opens it for `CATALOG_BREAKER_COOL_DOWN_SECS` (5). The old `CATALOG_BREAKER_FAILURES`
+    /// is read as the minimum when that is unset (deprecated).
+    pub breaker: BreakerConfig,
 }
 
 /// Idempotency-Key handling of `POST /orders`.
@@ -94,8 +96,12 @@ impl Config {
                 url: env.url("CATALOG_GRPC_URL", "http://127.0.0.1:50051", &["http", "https"])?,
                 timeout: millis(env, "CATALOG_TIMEOUT_MS", 1500, 10..=60_000)?,
                 attempts: env.int_in("CATALOG_ATTEMPTS", 3, 1..=10)?,
-                breaker_failures: env.int_in("CATALOG_BREAKER_FAILURES", 5, 1..=1000)?,
-                breaker_cool_down: positive_seconds(env, "CATALOG_BREAKER_COOL_DOWN_SECS", 5.0)?,
+                breaker: BreakerConfig::from_env(
+                    env,
+                    "CATALOG_BREAKER_",
+                    "_SECS",
+                    "CATALOG_BREAKER_FAILURES",
+                )?,
             },
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
             audience: TokenAudience::from_env(env),

@@ -231,12 +231,24 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(format!("{}.{}", self.created_at.timestamp_micros(), self.id))
     }
 
+    /// Anything this service did not hand out is refused, including timestamps chrono can hold but
+    /// Postgres cannot (a query with one would fail as a 500, which is not the caller's to cause).
     pub fn decode(raw: &str) -> Result<Self, &'static str> {
         const INVALID: &str = "is not a cursor this service returned";
+        // Far longer than any cursor `encode` makes (about 70 characters).
+        const MAX_LEN: usize = 128;
+        // 0001-01-01 and the end of 9999, in microseconds: a cursor comes from a stored order.
+        const TIMES: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+        if raw.len() > MAX_LEN {
+            return Err(INVALID);
+        }
         let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| INVALID)?;
         let text = String::from_utf8(bytes).map_err(|_| INVALID)?;
         let (micros, id) = text.split_once('.').ok_or(INVALID)?;
         let micros: i64 = micros.parse().map_err(|_| INVALID)?;
+        if !TIMES.contains(&micros) {
+            return Err(INVALID);
+        }
         let created_at = DateTime::from_timestamp_micros(micros).ok_or(INVALID)?;
         let id = Uuid::parse_str(id).map_err(|_| INVALID)?;
         Ok(Self { created_at, id })
@@ -354,6 +366,11 @@ mod tests {
         assert_eq!(Cursor::decode(&cursor.encode()), Ok(cursor));
         assert!(Cursor::decode("not a cursor").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12.nope")).is_err());
+        let id = Uuid::now_v7();
+        for micros in [i64::MAX, i64::MIN, 253_402_300_800_000_000, -62_135_596_800_000_001] {
+            assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode(format!("{micros}.{id}"))).is_err(), "{micros}");
+        }
+        assert!(Cursor::decode(&"A".repeat(4096)).is_err());
     }
 
     #[test]

@@ -69,8 +69,7 @@ async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
         url: format!("http://{}", stack.catalog_grpc),
         timeout: Duration::from_secs(3),
         attempts: 3,
-        breaker_failures: 5,
-        breaker_cool_down: Duration::from_secs(5),
+        breaker: platform::breaker::BreakerConfig::default(),
     };
     let replicas: Vec<_> = (0..3)
         .map(|_| ordering::sweeper::Sweeper {

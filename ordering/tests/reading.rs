@@ -70,3 +70,32 @@ async fn a_buyer_pages_through_their_orders_newest_first() {
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
     assert!(forged.json["errors"]["cursor"].is_string());
 }
+
+#[tokio::test]
+async fn a_crafted_cursor_is_a_400_naming_the_cursor_and_never_a_500() {
+    use base64::Engine as _;
+    let forge = |text: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let stack = support::spawn().await;
+    let ada = stack.buyer("ada").await;
+    let concert = stack.concert(10).await;
+    let id = Uuid::now_v7();
+    let cursors = [
+        // A year Postgres cannot store (chrono can): used to reach the query and fail as a 500.
+        forge(format!("-8000000000000000000.{id}")),
+        forge(format!("{}.{id}", i64::MIN)),
+        forge(format!("253402300800000000.{id}")),
+        forge(format!("1.{id}.1")),
+        forge("1\0.x".to_owned()),
+        "%00".to_owned(),
+        "A".repeat(3_000),
+    ];
+    for cursor in &cursors {
+        let refused = stack.get(&ada, &format!("/orders?cursor={cursor}")).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{cursor}: {}", refused.text);
+        assert!(refused.json["errors"]["cursor"].is_string(), "{}", refused.text);
+    }
+    // Placing and reading still work for everyone.
+    let placed = stack.place(&ada, "after-forgeries", concert, 1).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.text);
+    assert_eq!(stack.get(&ada, "/orders").await.json["orders"].as_array().map(Vec::len), Some(1));
+}

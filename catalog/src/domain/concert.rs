@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Currency, FieldError, required_text};
+use super::{Currency, FieldError, required_text, time_in_range};
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_ARTIST_CHARS: usize = 200;
@@ -122,7 +122,10 @@ impl ConcertChanges {
 }
 
 fn future_start(starts_at: DateTime<Utc>, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
-    if starts_at > now { Ok(starts_at) } else { Err(FieldError::new("starts_at", "must be in the future")) }
+    if starts_at <= now {
+        return Err(FieldError::new("starts_at", "must be in the future"));
+    }
+    time_in_range("starts_at", starts_at)
 }
 
 fn price_cents(value: i64) -> Result<i64, FieldError> {
@@ -190,6 +193,9 @@ mod tests {
             ("currency", Box::new(|d| d.currency = "EURO".into())),
             ("capacity", Box::new(|d| d.capacity = 0)),
             ("capacity", Box::new(|d| d.capacity = 100_001)),
+            ("title", Box::new(|d| d.title = "Live\0".into())),
+            ("city", Box::new(|d| d.city = "Ber\u{1}lin".into())),
+            ("starts_at", Box::new(|d| d.starts_at = Some(DateTime::<Utc>::MAX_UTC))),
         ];
         for (field, break_rule) in cases {
             let mut d = draft(now);

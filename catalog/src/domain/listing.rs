@@ -6,11 +6,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Concert, FieldError};
+use super::{Concert, FieldError, plain_text, time_in_range};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 pub const MAX_PAGE_SIZE: u32 = 100;
 const MAX_FILTER_CHARS: usize = 200;
+/// Far longer than any token [`Keyset::encode`] makes (about 70 characters).
+const MAX_PAGE_TOKEN_CHARS: usize = 128;
 
 /// A listing request as received.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +56,9 @@ impl ListQuery {
             "" => None,
             token => Some(Keyset::decode(token)?),
         };
-        if let (Some(from), Some(to)) = (request.starts_after, request.starts_before)
+        let starts_after = request.starts_after.map(|at| time_in_range("starts_after", at)).transpose()?;
+        let starts_before = request.starts_before.map(|at| time_in_range("starts_before", at)).transpose()?;
+        if let (Some(from), Some(to)) = (starts_after, starts_before)
             && from >= to
         {
             return Err(FieldError::new("starts_before", "must be later than starts_after"));
@@ -65,8 +69,8 @@ impl ListQuery {
             city: filter("city", &request.city)?,
             artist: filter("artist", &request.artist)?,
             text: filter("query", &request.query)?,
-            starts_after: request.starts_after,
-            starts_before: request.starts_before,
+            starts_after,
+            starts_before,
         })
     }
 
@@ -82,6 +86,7 @@ fn filter(field: &str, raw: &str) -> Result<Option<String>, FieldError> {
     if value.chars().count() > MAX_FILTER_CHARS {
         return Err(FieldError::new(field, format!("must be at most {MAX_FILTER_CHARS} characters")));
     }
+    plain_text(field, value)?;
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
@@ -105,12 +110,17 @@ impl Keyset {
 
     pub fn decode(token: &str) -> Result<Self, FieldError> {
         let invalid = || FieldError::new("page_token", "is not a token this service issued");
+        if token.len() > MAX_PAGE_TOKEN_CHARS {
+            return Err(invalid());
+        }
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
         let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
         let micros: i64 = micros.parse().map_err(|_| invalid())?;
+        let starts_at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
         Ok(Self {
-            starts_at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+            // A token is only ever made from a stored concert, whose start is in range.
+            starts_at: time_in_range("page_token", starts_at).map_err(|_| invalid())?,
             id: Uuid::parse_str(id).map_err(|_| invalid())?,
         })
     }
@@ -148,7 +158,19 @@ mod tests {
 
     #[test]
     fn a_forged_page_token_is_rejected() {
-        for token in ["%%%", "bm90LWEtdG9rZW4", &URL_SAFE_NO_PAD.encode("12:not-a-uuid")] {
+        let id = Uuid::new_v4().simple();
+        for token in [
+            "%%%",
+            "bm90LWEtdG9rZW4",
+            &URL_SAFE_NO_PAD.encode("12:not-a-uuid"),
+            // Timestamps chrono takes but Postgres does not, and ones neither takes.
+            &URL_SAFE_NO_PAD.encode(format!("{}:{id}", i64::MAX)),
+            &URL_SAFE_NO_PAD.encode(format!("-9000000000000000000:{id}")),
+            &URL_SAFE_NO_PAD.encode(format!("{}:{id}", DateTime::<Utc>::MAX_UTC.timestamp_micros())),
+            &URL_SAFE_NO_PAD.encode(format!("253402300800000000:{id}")),
+            &"A".repeat(10_000),
+            &URL_SAFE_NO_PAD.encode(format!("1\0:{id}")),
+        ] {
             let request = ListRequest { page_token: token.to_owned(), ..Default::default() };
             assert_eq!(ListQuery::parse(request).unwrap_err().field, "page_token");
         }
@@ -167,6 +189,28 @@ mod tests {
 
         let now = Utc::now();
         let request = ListRequest { starts_after: Some(now), starts_before: Some(now), ..Default::default() };
+        assert_eq!(ListQuery::parse(request).unwrap_err().field, "starts_before");
+    }
+
+    #[test]
+    fn control_characters_in_filters_are_refused_naming_the_filter() {
+        for (field, request) in [
+            ("city", ListRequest { city: "Ber\0lin".into(), ..Default::default() }),
+            ("artist", ListRequest { artist: "A\u{7}".into(), ..Default::default() }),
+            ("query", ListRequest { query: "\u{1b}[2J".into(), ..Default::default() }),
+        ] {
+            let error = ListQuery::parse(request).unwrap_err();
+            assert_eq!(error.field, field);
+            assert_eq!(error.message, "must not contain control characters");
+        }
+    }
+
+    #[test]
+    fn filter_dates_beyond_the_years_1_to_9999_are_refused() {
+        let far = DateTime::from_timestamp(300_000_000_000, 0).unwrap();
+        let request = ListRequest { starts_after: Some(far), ..Default::default() };
+        assert_eq!(ListQuery::parse(request).unwrap_err().field, "starts_after");
+        let request = ListRequest { starts_before: Some(DateTime::<Utc>::MIN_UTC), ..Default::default() };
         assert_eq!(ListQuery::parse(request).unwrap_err().field, "starts_before");
     }
 

@@ -11,6 +11,7 @@ pub use currency::Currency;
 pub use listing::{DEFAULT_PAGE_SIZE, Keyset, ListQuery, ListRequest, MAX_PAGE_SIZE, Page};
 pub use seats::{DEFAULT_HOLD_SECONDS, Hold, HoldStatus, MAX_HOLD_SECONDS, MAX_QUANTITY, SeatRequest};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// An input that breaks a rule: `field` names it the way the API does, `message` says what is wrong.
@@ -36,6 +37,30 @@ pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, FieldError> {
     Uuid::parse_str(raw).map_err(|_| FieldError::new(field, "must be a UUID"))
 }
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+const EARLIEST_MICROS: i64 = -62_135_596_800_000_000;
+const LATEST_MICROS: i64 = 253_402_300_799_999_999;
+
+/// An instant catalog accepts anywhere (filters, page tokens, start times): years 1 to 9999, which
+/// Postgres stores, RFC 3339 writes and every client parses. Beyond them Postgres answers "timestamp
+/// out of range", which is the request's fault and must never become an internal error.
+pub fn time_in_range(field: &str, at: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
+    if (EARLIEST_MICROS..=LATEST_MICROS).contains(&at.timestamp_micros()) {
+        Ok(at)
+    } else {
+        Err(FieldError::new(field, "must be between the years 1 and 9999"))
+    }
+}
+
+/// Text with no control characters: Postgres refuses NUL in text outright, and none of the others
+/// belongs in a name, a city or a search.
+pub fn plain_text(field: &str, text: &str) -> Result<(), FieldError> {
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// A trimmed, non-empty text of at most `max_chars` characters.
 pub fn required_text(field: &str, raw: &str, max_chars: usize) -> Result<String, FieldError> {
     let text = raw.trim();
@@ -45,9 +70,7 @@ pub fn required_text(field: &str, raw: &str, max_chars: usize) -> Result<String,
     if text.chars().count() > max_chars {
         return Err(FieldError::new(field, format!("must be at most {max_chars} characters")));
     }
-    if text.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
-    }
+    plain_text(field, text)?;
     Ok(text.to_owned())
 }
 
@@ -84,6 +107,17 @@ mod tests {
         assert_eq!(parse_batch_ids(&bad).unwrap_err().field, "ids[1]");
         let too_many: Vec<String> = (0..101).map(|_| Uuid::new_v4().to_string()).collect();
         assert_eq!(parse_batch_ids(&too_many).unwrap_err().field, "ids");
+    }
+
+    #[test]
+    fn times_beyond_the_years_1_to_9999_are_refused() {
+        let at = |micros| DateTime::from_timestamp_micros(micros).unwrap();
+        assert!(time_in_range("t", at(EARLIEST_MICROS)).is_ok());
+        assert!(time_in_range("t", at(LATEST_MICROS)).is_ok());
+        assert_eq!(time_in_range("t", at(EARLIEST_MICROS - 1)).unwrap_err().field, "t");
+        assert!(time_in_range("t", at(LATEST_MICROS + 1)).is_err());
+        assert!(time_in_range("t", DateTime::<Utc>::MAX_UTC).is_err());
+        assert!(time_in_range("t", DateTime::<Utc>::MIN_UTC).is_err());
     }
 
     #[test]

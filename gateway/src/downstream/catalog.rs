@@ -174,6 +174,17 @@ mod tests {
         assert_eq!(classify(&Status::deadline_exceeded("timeout")), Failure::Unhealthy);
         assert_eq!(classify(&Status::not_found("concert")), Failure::Answer);
         assert_eq!(classify(&Status::resource_exhausted("sold out")), Failure::Answer);
-        assert_eq!(classify(&Status::invalid_argument("title: empty")), Failure::Answer);
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::OutOfRange,
+        ] {
+            assert_eq!(classify(&Status::new(code, "about the request")), Failure::Answer, "{code:?}");
+        }
     }
 }

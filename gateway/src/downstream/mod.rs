@@ -68,7 +68,7 @@ impl Policy {
         Self {
             service,
             deadline: config.call_timeout,
-            breaker: CircuitBreaker::new(service.name(), config.breaker_failures, config.breaker_cool_down),
+            breaker: CircuitBreaker::new(service.name(), config.breaker),
         }
     }
 
@@ -143,13 +143,22 @@ impl Policy {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use platform::breaker::BreakerConfig;
+
     use super::*;
 
     fn policy(deadline: Duration) -> Policy {
         Policy {
             service: Service::Catalog,
             deadline,
-            breaker: CircuitBreaker::new("test", 3, Duration::from_secs(60)),
+            breaker: CircuitBreaker::new(
+                "test",
+                BreakerConfig {
+                    minimum_calls: 3,
+                    cool_down: Duration::from_secs(60),
+                    ..BreakerConfig::default()
+                },
+            ),
         }
     }
 
@@ -218,6 +227,6 @@ mod tests {
             failing(&p, Retry::Idempotent, Failure::Unhealthy).await;
         }
         let calls = failing(&p, Retry::Idempotent, Failure::Unhealthy).await;
-        assert_eq!(calls, 0, "circuit open after 3 failures");
+        assert_eq!(calls, 0, "circuit open after 3 calls that all failed");
     }
 }

@@ -188,7 +188,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
-    use platform::breaker::CircuitBreaker;
+    use platform::breaker::{BreakerConfig, CircuitBreaker};
     use platform::problem::Problem;
 
     use super::*;
@@ -222,7 +222,14 @@ mod tests {
         let policy = Policy {
             service: Service::Ordering,
             deadline: Duration::from_secs(5),
-            breaker: CircuitBreaker::new("ordering", 3, Duration::from_secs(60)),
+            breaker: CircuitBreaker::new(
+                "ordering",
+                BreakerConfig {
+                    minimum_calls: 3,
+                    cool_down: Duration::from_secs(60),
+                    ..BreakerConfig::default()
+                },
+            ),
         };
         let calls = AtomicU32::new(0);
         let catalog_down = problem(Problem::unavailable("catalog").with_type("catalog-unavailable"));
@@ -243,9 +250,9 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 10, "every call reached ordering, none was retried");
 
-        // Ordering itself unwell: three failures open its circuit.
+        // Ordering itself unwell: once half the calls in the window failed, its circuit opens.
         let unwell = problem(Problem::unavailable("the database is unavailable"));
-        for _ in 0..3 {
+        for _ in 0..10 {
             let _ =
                 policy
                     .call(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use proto::catalog::v1 as pb;
 use uuid::Uuid;
 
@@ -79,6 +79,43 @@ pub struct ConcertFilter {
     pub starts_before: Option<DateTime<Utc>>,
 }
 
+/// Longest filter text catalog accepts.
+const MAX_FILTER_CHARS: usize = 200;
+
+impl ConcertFilter {
+    /// Refuses what catalog would refuse anyway, naming the argument as the client wrote it and
+    /// sparing catalog the call. Catalog checks again: it owns these rules.
+    fn check(&self) -> Result<(), GatewayError> {
+        for (field, text) in
+            [("filter.city", &self.city), ("filter.artist", &self.artist), ("filter.search", &self.search)]
+        {
+            let Some(text) = text else { continue };
+            if text.chars().any(char::is_control) {
+                return Err(GatewayError::invalid(field, "must not contain control characters"));
+            }
+            if text.trim().chars().count() > MAX_FILTER_CHARS {
+                return Err(GatewayError::invalid(
+                    field,
+                    format!("must be at most {MAX_FILTER_CHARS} characters"),
+                ));
+            }
+        }
+        for (field, at) in
+            [("filter.startsAfter", self.starts_after), ("filter.startsBefore", self.starts_before)]
+        {
+            if at.is_some_and(|at| !(1..=9999).contains(&at.year())) {
+                return Err(GatewayError::invalid(field, "must be between the years 1 and 9999"));
+            }
+        }
+        if let (Some(from), Some(to)) = (self.starts_after, self.starts_before)
+            && from >= to
+        {
+            return Err(GatewayError::invalid("filter.startsBefore", "must be later than startsAfter"));
+        }
+        Ok(())
+    }
+}
+
 /// A new concert; every seat starts available.
 #[derive(Debug, Clone, InputObject)]
 pub struct CreateConcertInput {
@@ -140,6 +177,7 @@ impl ConcertQueries {
         let services = Services::of(ctx);
         let first = paging::page_size(first)?;
         let filter = filter.unwrap_or_default();
+        filter.check()?;
         let had_cursor = after.is_some();
         let page = paging::collect(after.as_deref(), first, |page_token, page_size| {
             let request = list_request(&filter, page_token, page_size);
@@ -291,6 +329,37 @@ mod tests {
     fn timestamps_round_trip() {
         let time = DateTime::parse_from_rfc3339("2031-06-01T19:30:00.250Z").unwrap().with_timezone(&Utc);
         assert_eq!(timestamp_to_utc(utc_to_timestamp(time)), time);
+    }
+
+    #[test]
+    fn bad_filters_are_refused_naming_the_argument() {
+        let field = |filter: ConcertFilter| match filter.check() {
+            Err(GatewayError::BadUserInput { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let far = DateTime::<Utc>::MAX_UTC;
+        let cases = [
+            ("filter.city", ConcertFilter { city: Some("Ber\0lin".into()), ..Default::default() }),
+            ("filter.artist", ConcertFilter { artist: Some("\u{1b}[31m".into()), ..Default::default() }),
+            ("filter.search", ConcertFilter { search: Some("x".repeat(201)), ..Default::default() }),
+            ("filter.startsAfter", ConcertFilter { starts_after: Some(far), ..Default::default() }),
+            (
+                "filter.startsBefore",
+                ConcertFilter { starts_before: Some(DateTime::<Utc>::MIN_UTC), ..Default::default() },
+            ),
+            (
+                "filter.startsBefore",
+                ConcertFilter {
+                    starts_after: Some(Utc::now()),
+                    starts_before: Some(Utc::now() - chrono::Duration::days(1)),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (expected, filter) in cases {
+            assert_eq!(field(filter).as_deref(), Some(expected));
+        }
+        assert!(ConcertFilter { city: Some(" Zürich ".into()), ..Default::default() }.check().is_ok());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const MAX_DOWNSTREAM_PAGE: usize = 100;
 pub const MAX_FIRST: i32 = 100;
 /// Bounds the number of downstream calls one field may make while skipping.
 const MAX_FETCHES: usize = 5;
+/// Downstream tokens are base64url of well under 100 bytes; anything longer is not one.
+const MAX_TOKEN_CHARS: usize = 128;
 
 /// Where a list continues.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,18 +33,35 @@ impl Position {
         URL_SAFE_NO_PAD.encode(format!("{}:{}", self.skip, self.token))
     }
 
-    /// Reads an `after` argument; anything this gateway did not hand out is BAD_USER_INPUT.
+    /// Reads an `after` argument; anything this gateway did not hand out is BAD_USER_INPUT, before
+    /// any downstream call. The downstream token inside stays opaque (its owner checks it), but it
+    /// must look like one: base64url of a bounded length.
     pub fn decode(cursor: &str) -> Result<Self, GatewayError> {
-        let invalid = || GatewayError::invalid("after", "not a cursor from this list");
+        let invalid = invalid_cursor;
+        if cursor.len() > 2 * MAX_TOKEN_CHARS {
+            return Err(invalid());
+        }
         let bytes = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (skip, token) = text.split_once(':').ok_or_else(invalid)?;
         let skip = skip.parse::<usize>().map_err(|_| invalid())?;
-        if skip > MAX_DOWNSTREAM_PAGE {
+        let token_like = token.len() <= MAX_TOKEN_CHARS
+            && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if skip > MAX_DOWNSTREAM_PAGE || !token_like {
             return Err(invalid());
         }
         Ok(Self { token: token.to_owned(), skip })
     }
+}
+
+fn invalid_cursor() -> GatewayError {
+    GatewayError::invalid("after", "not a cursor from this list")
+}
+
+/// Whether a downstream service refused the page token it was given (catalog's `page_token`,
+/// ordering's `cursor`): the token came from the client's `after`, so that is the argument to name.
+fn is_refused_token(error: &GatewayError) -> bool {
+    matches!(error, GatewayError::BadUserInput { field: Some(field), .. } if field == "pageToken" || field == "cursor")
 }
 
 /// Edges (with their cursors) and whether more follow.
@@ -82,7 +101,9 @@ where
         // Exactly what is needed, so the last edge ends the downstream page and its cursor is the
         // next page's token: walking by `endCursor` never re-reads an item.
         let size = (position.skip + wanted).min(MAX_DOWNSTREAM_PAGE);
-        let (items, next_token) = fetch(position.token.clone(), size).await?;
+        let (items, next_token) = fetch(position.token.clone(), size)
+            .await
+            .map_err(|error| if is_refused_token(&error) { invalid_cursor() } else { error })?;
         let count = items.len();
         if count <= position.skip {
             if next_token.is_empty() {
@@ -201,6 +222,44 @@ mod tests {
         let error = collect(Some("not-a-cursor!"), 2, |t, s| fake.fetch(t, s)).await.unwrap_err();
         assert_eq!(error.code(), crate::error::ErrorCode::BadUserInput);
         assert_eq!(fake.calls(), 0);
+    }
+
+    #[test]
+    fn cursors_that_could_not_hold_a_downstream_token_are_refused() {
+        let wrap = |text: &str| URL_SAFE_NO_PAD.encode(text);
+        for cursor in [
+            wrap("3"),
+            wrap("x:abc"),
+            wrap("-1:abc"),
+            wrap("101:abc"),
+            wrap("0:abc\0def"),
+            wrap("0:abc def"),
+            wrap(&format!("0:{}", "A".repeat(129))),
+            "A".repeat(10_000),
+            "\0".to_owned(),
+            URL_SAFE_NO_PAD.encode([0xff, 0xfe, b':']),
+        ] {
+            let error = Position::decode(&cursor).unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::BadUserInput, "{cursor:?}");
+        }
+        assert_eq!(Position::decode(&wrap("2:MTIz")).unwrap(), Position { token: "MTIz".into(), skip: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_downstream_is_blamed_on_after() {
+        let cursor = Position { token: "Zm9yZ2Vk".into(), skip: 0 }.encode();
+        let error = collect(Some(&cursor), 2, |_, _| async {
+            Err::<(Vec<()>, String), _>(GatewayError::invalid(
+                "pageToken",
+                "is not a token this service issued",
+            ))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(error, GatewayError::BadUserInput { field: Some(ref f), .. } if f == "after"),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ async fn spawn_identity() -> Identity {
     integration::init();
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.unwrap();
     let vars: HashMap<&'static str, String> = HashMap::from([
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),

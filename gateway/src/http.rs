@@ -165,16 +165,28 @@ async fn execute(
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
+    let anonymous = matches!(credentials, Credentials::Anonymous);
     for request in batch.iter_mut() {
         request.data.insert(credentials.clone());
         request.data.insert(client);
         request.data.insert(ConcertLoader::new(state.services.catalog.clone()));
     }
-    let schema = match &mut batch {
-        BatchRequest::Single(request) => state.schemas.for_request(request),
-        BatchRequest::Batch(_) => &state.schemas.main,
-    };
-    graphql_http::respond(schema.execute_batch(batch).await, media)
+    match batch {
+        BatchRequest::Single(mut request) => {
+            let schema = state.schemas.for_request(&mut request);
+            let cache = &state.services.response_cache;
+            match cache.key(&mut request, anonymous, media) {
+                Some(key) => {
+                    let execute = async { graphql_http::answer(schema.execute(request).await.into(), media) };
+                    cache.get_or_execute(key, execute).await.into_response()
+                }
+                None => graphql_http::respond(schema.execute(request).await.into(), media),
+            }
+        }
+        batch @ BatchRequest::Batch(_) => {
+            graphql_http::respond(state.schemas.main.execute_batch(batch).await, media)
+        }
+    }
 }
 
 async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {

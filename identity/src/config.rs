@@ -25,7 +25,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`, shared with every verifying service.
     pub audience: TokenAudience,
-    /// `ACCESS_TOKEN_TTL_SECS`, default 900 (15 minutes).
+    /// `ACCESS_TOKEN_TTL_SECS`, default 900 (15 minutes); at most `JWT_MAX_LIFETIME_SECS`, the longest
+    /// lifetime every verifier accepts.
     pub access_token_ttl: Duration,
     /// `REFRESH_TOKEN_TTL_DAYS`, default 14.
     pub refresh_token_ttl: Duration,
@@ -59,13 +60,23 @@ pub struct ThrottleConfig {
 impl Config {
     pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
         let default_hashes = std::thread::available_parallelism().map_or(2, usize::from);
+        let audience = TokenAudience::from_env(env)?;
+        let access_token_ttl = Duration::from_secs(env.int_in("ACCESS_TOKEN_TTL_SECS", 900, 1..=86_400)?);
+        // Tokens longer-lived than the verifiers accept would all be refused: fail at start-up instead.
+        if access_token_ttl > audience.max_lifetime {
+            return Err(ConfigError::new(
+                "ACCESS_TOKEN_TTL_SECS",
+                format!("at most JWT_MAX_LIFETIME_SECS ({})", audience.max_lifetime.as_secs()),
+                access_token_ttl.as_secs().to_string(),
+            ));
+        }
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8081")?,
             admin_listen_addr: env.socket_addr("ADMIN_LISTEN_ADDR", "0.0.0.0:9081")?,
             connections: ConnectionLimits::from_env(env)?,
             database: DatabaseConfig::from_env(env, "ticketflow_identity")?,
-            audience: TokenAudience::from_env(env),
-            access_token_ttl: Duration::from_secs(env.int_in("ACCESS_TOKEN_TTL_SECS", 900, 1..=86_400)?),
+            audience,
+            access_token_ttl,
             refresh_token_ttl: Duration::from_secs(
                 env.int_in("REFRESH_TOKEN_TTL_DAYS", 14u64, 1..=365)? * 86_400,
             ),

@@ -3,6 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use identity::key_encryption::Sealed;
 use platform::auth::{AuthError, Claims, JwtVerifier, KeySource};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -13,16 +14,18 @@ fn verifier(app: &TestApp) -> JwtVerifier {
     JwtVerifier::new(KeySource::identity(&app.service.http_url()).unwrap(), app.config.audience.clone())
 }
 
-/// The key identity signs with, read from its database: forging with the real key proves the
-/// verifier checks more than the signature.
+/// The key identity signs with, read from its database and opened with its key-encryption key:
+/// forging with the real key proves the verifier checks more than the signature.
 async fn real_signing_key(app: &TestApp) -> (String, EncodingKey) {
     let pool = app.db_pool().await;
-    let (kid, pkcs8): (String, Vec<u8>) =
-        sqlx::query_as("SELECT kid, private_key FROM signing_keys ORDER BY activates_at DESC LIMIT 1")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (kid, blob, kek_id): (String, Vec<u8>, String) = sqlx::query_as(
+        "SELECT kid, private_key, kek_id FROM signing_keys ORDER BY activates_at DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     pool.close().await;
+    let pkcs8 = app.config.key_encryption.open(&kid, &Sealed { kek_id, blob }).unwrap();
     (kid, EncodingKey::from_ed_der(&pkcs8))
 }
 

@@ -49,16 +49,29 @@ pub struct Config {
     pub http: HttpLimits,
 }
 
-/// Login throttling: failures counted per account and per client address in a sliding-start window.
+/// Login throttling (see `crate::throttle`): failures counted per (account, address), per address and
+/// per account in a sliding-start window.
 #[derive(Debug, Clone)]
 pub struct ThrottleConfig {
-    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT`, default 5.
-    pub max_failures_per_account: i32,
+    /// `LOGIN_FAILURES_BEFORE_DELAY`, default 3: failures of one account from one address before each
+    /// further failure delays that pair.
+    pub failures_before_delay: i32,
+    /// `LOGIN_DELAY_BASE_SECS`, default 1: the first delay; each further failure doubles it.
+    pub delay_base: Duration,
+    /// `LOGIN_MAX_DELAY_SECS`, default 300: the longest delay of one pair.
+    pub max_delay: Duration,
     /// `LOGIN_MAX_FAILURES_PER_ADDRESS`, default 30 (an office behind one NAT shares an address).
     pub max_failures_per_address: i32,
+    /// `LOGIN_MAX_FAILURES_PER_ACCOUNT`, default 100: the account-wide ceiling, from all addresses
+    /// together; past it only addresses that signed in to the account recently get in.
+    pub max_failures_per_account: i32,
+    /// `LOGIN_KNOWN_ADDRESS_DAYS`, default 30: how long a successful login keeps its address past the
+    /// account-wide ceiling.
+    pub known_address_for: Duration,
     /// `LOGIN_FAILURE_WINDOW_SECS`, default 900: failures older than this are forgotten.
     pub window: Duration,
-    /// `LOGIN_LOCKOUT_SECS`, default 300: how long logins are refused once the limit is reached.
+    /// `LOGIN_LOCKOUT_SECS`, default 300: how long an address, or an account from unknown addresses, is
+    /// refused once its limit is reached.
     pub lockout: Duration,
 }
 
@@ -88,8 +101,14 @@ impl Config {
             signing_keys_reload: positive_seconds(env, "SIGNING_KEYS_RELOAD_SECS", Duration::from_secs(30))?,
             key_encryption: key_encryption_keys(env)?,
             throttle: ThrottleConfig {
-                max_failures_per_account: env.int_in("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, 1..=1000)?,
+                failures_before_delay: env.int_in("LOGIN_FAILURES_BEFORE_DELAY", 3, 0..=1000)?,
+                delay_base: positive_seconds(env, "LOGIN_DELAY_BASE_SECS", Duration::from_secs(1))?,
+                max_delay: positive_seconds(env, "LOGIN_MAX_DELAY_SECS", Duration::from_secs(300))?,
                 max_failures_per_address: env.int_in("LOGIN_MAX_FAILURES_PER_ADDRESS", 30, 1..=100_000)?,
+                max_failures_per_account: env.int_in("LOGIN_MAX_FAILURES_PER_ACCOUNT", 100, 1..=1_000_000)?,
+                known_address_for: Duration::from_secs(
+                    env.int_in("LOGIN_KNOWN_ADDRESS_DAYS", 30u64, 1..=365)? * 86_400,
+                ),
                 window: positive_seconds(env, "LOGIN_FAILURE_WINDOW_SECS", Duration::from_secs(900))?,
                 lockout: positive_seconds(env, "LOGIN_LOCKOUT_SECS", Duration::from_secs(300))?,
             },

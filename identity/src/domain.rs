@@ -191,8 +191,13 @@ mod tests {
     #[test]
     fn common_and_personal_passwords_are_refused_for_new_accounts() {
         let inputs = ["ada.lovelace@example.com", "Ada Lovelace"];
-        for common in ["password", "password1", "12345678", "qwertyuiop", "iloveyou", "P@ssw0rd", "letmein!"] {
-            assert_eq!(Password::parse_new(common, &inputs).unwrap_err(), Password::TOO_GUESSABLE, "{common}");
+        for common in ["password", "password1", "12345678", "qwertyuiop", "iloveyou", "P@ssw0rd", "letmein!"]
+        {
+            assert_eq!(
+                Password::parse_new(common, &inputs).unwrap_err(),
+                Password::TOO_GUESSABLE,
+                "{common}"
+            );
         }
         assert!(Password::parse_new("adalovelace", &inputs).is_err(), "the user's own name");
         // The passphrases the tests and the documentation use.
@@ -205,7 +210,8 @@ mod tests {
 
     #[test]
     fn the_strength_check_is_cheap_and_survives_any_input() {
-        let hostile = ["é".repeat(128), "\u{0}".repeat(128), "👩‍👩‍👧‍👦".repeat(18), "a".repeat(128), "1a".repeat(64)];
+        let hostile =
+            ["é".repeat(128), "\u{0}".repeat(128), "👩‍👩‍👧‍👦".repeat(18), "a".repeat(128), "1a".repeat(64)];
         let started = std::time::Instant::now();
         for raw in &hostile {
             let _ = Password::parse_new(raw, &["x@example.com", "\u{202e}"]);

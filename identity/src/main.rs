@@ -53,13 +53,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::RotateSigningKey { activate_after_secs } => {
             let activate_after = Duration::from_secs(activate_after_secs);
-            let kid =
-                operator_command(identity::admin::rotate_signing_key(
-                    &config.database.url,
-                    &config.key_encryption,
-                    activate_after,
-                ))
-                .await;
+            let kid = operator_command(identity::admin::rotate_signing_key(
+                &config.database.url,
+                &config.key_encryption,
+                activate_after,
+            ))
+            .await;
             println!(
                 "new signing key {kid} starts signing in {activate_after_secs} s (at once if it is the first \
                  key); running replicas publish it at their next key reload (SIGNING_KEYS_RELOAD_SECS)"

@@ -71,17 +71,17 @@ impl TokenAudience {
         Ok(Self {
             issuer: env.string("JWT_ISSUER", "ticketflow-identity"),
             audience: env.string("JWT_AUDIENCE", "ticketflow"),
-            max_lifetime: Duration::from_secs(env.int_in("JWT_MAX_LIFETIME_SECS", default_max, 1..=86_400)?),
+            max_lifetime: Duration::from_secs(env.int_in(
+                "JWT_MAX_LIFETIME_SECS",
+                default_max,
+                1..=86_400,
+            )?),
         })
     }
 
     /// `issuer` and `audience` with the default maximum lifetime.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
-        Self {
-            issuer: issuer.into(),
-            audience: audience.into(),
-            max_lifetime: Self::DEFAULT_MAX_LIFETIME,
-        }
+        Self { issuer: issuer.into(), audience: audience.into(), max_lifetime: Self::DEFAULT_MAX_LIFETIME }
     }
 }
 
@@ -232,7 +232,10 @@ impl JwtVerifier {
             return Err(AuthError::Invalid);
         }
         if claims.exp.saturating_sub(claims.iat) > max_lifetime {
-            tracing::debug!(lifetime = claims.exp.saturating_sub(claims.iat), "token rejected: lives too long");
+            tracing::debug!(
+                lifetime = claims.exp.saturating_sub(claims.iat),
+                "token rejected: lives too long"
+            );
             return Err(AuthError::Invalid);
         }
         Ok(claims)

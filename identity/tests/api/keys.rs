@@ -65,7 +65,10 @@ async fn rotating_the_key_keeps_old_tokens_valid_and_signs_new_ones_with_the_new
     let before = app.registered_session(&email).await;
     let old_kid = kid_of(&before.access);
 
-    let new_kid = identity::admin::rotate_signing_key(&app.db.url, &app.config.key_encryption, Duration::ZERO).await.unwrap();
+    let new_kid =
+        identity::admin::rotate_signing_key(&app.db.url, &app.config.key_encryption, Duration::ZERO)
+            .await
+            .unwrap();
     assert_ne!(new_kid, old_kid);
     wait_until_published(&app, &new_kid).await;
 
@@ -87,9 +90,13 @@ async fn a_scheduled_key_is_published_before_it_signs() {
     let email = unique_email();
     let before = app.registered_session(&email).await;
 
-    let next_kid = identity::admin::rotate_signing_key(&app.db.url, &app.config.key_encryption, Duration::from_secs(3600))
-            .await
-            .unwrap();
+    let next_kid = identity::admin::rotate_signing_key(
+        &app.db.url,
+        &app.config.key_encryption,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     wait_until_published(&app, &next_kid).await;
 
     let still = app.session(&email).await;
@@ -136,7 +143,9 @@ const NEW_KEK: &str = "kek-2:HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=";
 #[tokio::test]
 async fn private_keys_are_stored_sealed_under_the_key_encryption_key() {
     let app = spawn_app().await;
-    identity::admin::rotate_signing_key(&app.db.url, &app.config.key_encryption, Duration::ZERO).await.unwrap();
+    identity::admin::rotate_signing_key(&app.db.url, &app.config.key_encryption, Duration::ZERO)
+        .await
+        .unwrap();
 
     let stored = stored_keys(&app).await;
     assert_eq!(stored.len(), 2);
@@ -194,7 +203,11 @@ async fn rotating_the_key_encryption_key_reseals_every_key_at_start_up() {
 
     let stored = stored_keys(&app).await;
     assert_eq!(stored.len(), 2);
-    assert!(stored.iter().all(|(_, _, kek)| kek.as_deref() == Some("kek-2")), "{:?}", stored.iter().map(|s| &s.2).collect::<Vec<_>>());
+    assert!(
+        stored.iter().all(|(_, _, kek)| kek.as_deref() == Some("kek-2")),
+        "{:?}",
+        stored.iter().map(|s| &s.2).collect::<Vec<_>>()
+    );
     assert_eq!(app.me(&before.access).await.status(), StatusCode::OK);
     // Nothing left to re-seal, so the old KEK can go: the service starts with the new one alone.
     let resealed = identity::admin::rewrap_keys(&app.db.url, &app.config.key_encryption).await.unwrap();

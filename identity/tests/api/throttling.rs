@@ -68,7 +68,10 @@ async fn one_address_guessing_one_account_is_delayed_progressively() {
     let attacker = "198.51.100.7";
 
     for _ in 0..3 {
-        assert_eq!(login_from(&app, attacker, &email, "guess guess guess").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            login_from(&app, attacker, &email, "guess guess guess").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // The third failure earned a 1 s delay, refused without spending a hash, even for the right password.
     let refused = login_from(&app, attacker, &email, PASSWORD).await;
@@ -77,7 +80,10 @@ async fn one_address_guessing_one_account_is_delayed_progressively() {
     assert_eq!(retry_after(&refused), 1);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The next failure doubles it.
-    assert_eq!(login_from(&app, attacker, &email, "guess guess guess").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login_from(&app, attacker, &email, "guess guess guess").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     let refused = login_from(&app, attacker, &email, "guess guess guess").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(retry_after(&refused), 2);
@@ -99,14 +105,18 @@ async fn past_the_account_ceiling_only_addresses_the_owner_used_get_in() {
 
     // A distributed attack: one guess from each of many addresses.
     for attacker in 1..=4 {
-        let status = login_from(&app, &format!("198.51.100.{attacker}"), &email, "guess guess guess").await.status();
+        let status =
+            login_from(&app, &format!("198.51.100.{attacker}"), &email, "guess guess guess").await.status();
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let response = login_from(&app, "198.51.100.99", &email, "guess guess guess").await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "a new address meets the ceiling");
     assert!(retry_after(&response) >= 1);
     // Even with the right password: the ceiling cannot tell the owner on a new network from an attacker.
-    assert_eq!(login_from(&app, "203.0.113.5", &email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        login_from(&app, "203.0.113.5", &email, PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // The owner's usual address is not affected.
     assert_eq!(login_from(&app, OWNER, &email, PASSWORD).await.status(), StatusCode::OK);
 }

@@ -2,8 +2,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use identity::key_encryption::Sealed;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use platform::auth::{AuthError, Claims, JwtVerifier, KeySource};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -165,7 +165,8 @@ async fn a_token_not_typed_as_an_access_token_is_rejected() {
     let claims = claims_like(&issued);
     // Valid in every other respect: identity's key, claims and lifetime.
     for typ in [Some("JWT"), None, Some("id+jwt")] {
-        let token = signed(&app, &claims, |kid| Header { typ: typ.map(str::to_owned), ..access_header(kid) }).await;
+        let token =
+            signed(&app, &claims, |kid| Header { typ: typ.map(str::to_owned), ..access_header(kid) }).await;
         assert_eq!(assert_rejected(&app, &token).await, AuthError::Invalid, "typ {typ:?}");
     }
     let token = signed(&app, &claims, access_header).await;

@@ -255,7 +255,9 @@ impl Compose {
                         .iter()
                         .find(|(known, _)| *known == host_var)
                         .map(|(_, example)| (*example).to_owned())
-                        .unwrap_or_else(|| panic!("{name}: {var} needs {host_var}, which has no example here")),
+                        .unwrap_or_else(|| {
+                            panic!("{name}: {var} needs {host_var}, which has no example here")
+                        }),
                     None => value,
                 };
                 (var, value)

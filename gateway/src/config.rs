@@ -200,7 +200,7 @@ impl Config {
             connections: ConnectionLimits::from_env(env)?,
             downstream,
             events,
-            audience: TokenAudience::from_env(env),
+            audience: TokenAudience::from_env(env)?,
             graphql,
             rate_limits,
             sockets,

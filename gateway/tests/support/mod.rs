@@ -246,6 +246,7 @@ impl Stack {
             ("DATABASE_URL", identity_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+            ("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS.to_owned()),
         ]);
         let app = identity::App::build(identity::Config::from_env(&Env::new(&identity_vars)).unwrap())
             .await

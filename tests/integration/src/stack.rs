@@ -121,6 +121,8 @@ impl BinaryStack {
                 ("DATABASE_URL", identity_db.url.clone()),
                 // The launcher's default: logins reach identity through the gateway on loopback.
                 ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+                // identity's development key-encryption key (identity::key_encryption), as the launcher sets.
+                ("KEY_ENCRYPTION_KEYS", "dev-only:ZGV2ZWxvcG1lbnQgb25seSwgbm90IGEgc2VjcmV0ISE=".to_owned()),
             ],
         )?;
         let catalog = start(

@@ -34,6 +34,7 @@ use crate::config::{GraphqlLimits, SocketLimits};
 use crate::error::GatewayError;
 use crate::graphql_http::{self, MediaType, error_response};
 use crate::playground;
+use crate::response_cache;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
 use crate::subscriptions::SubscriptionSlots;
@@ -166,6 +167,16 @@ async fn execute(
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
     let anonymous = matches!(credentials, Credentials::Anonymous);
+    let cache = &state.services.response_cache;
+    let mut shared = None;
+    if let BatchRequest::Single(request) = &mut batch
+        && let Some(key) = cache.key(request, anonymous, media)
+    {
+        if let Some(answer) = cache.cached(&key).await {
+            return answer.into_response();
+        }
+        shared = response_cache::is_public_query(request).then_some(key);
+    }
     for request in batch.iter_mut() {
         request.data.insert(credentials.clone());
         request.data.insert(client);
@@ -174,13 +185,10 @@ async fn execute(
     match batch {
         BatchRequest::Single(mut request) => {
             let schema = state.schemas.for_request(&mut request);
-            let cache = &state.services.response_cache;
-            match cache.key(&mut request, anonymous, media) {
-                Some(key) => {
-                    let execute = async { graphql_http::answer(schema.execute(request).await.into(), media) };
-                    cache.get_or_execute(key, execute).await.into_response()
-                }
-                None => graphql_http::respond(schema.execute(request).await.into(), media),
+            let execute = async { graphql_http::answer(schema.execute(request).await.into(), media) };
+            match shared {
+                Some(key) => cache.get_or_execute(key, execute).await.into_response(),
+                None => execute.await.into_response(),
             }
         }
         batch @ BatchRequest::Batch(_) => {

@@ -65,34 +65,39 @@ impl ResponseCache {
         Self { entries }
     }
 
-    /// The key for `request` if its answer may be shared: anonymous, a query, public fields only.
-    pub fn key(&self, request: &mut Request, anonymous: bool, media: MediaType) -> Option<Key> {
+    /// The key `request` would have, if the cache is on and the request anonymous. Cheap: no
+    /// parsing. Whether the request may be shared at all is [`is_public_query`].
+    pub fn key(&self, request: &Request, anonymous: bool, media: MediaType) -> Option<Key> {
         self.entries.as_ref()?;
-        if !anonymous || !is_public_query(request) {
+        if !anonymous {
             return None;
         }
         let variables = serde_json::to_string(&request.variables).ok()?;
-        Some(Key {
-            document: normalize(&request.query),
-            operation: request.operation_name.clone(),
-            variables,
-            media,
-        })
+        let (document, operation) = (normalize(&request.query), request.operation_name.clone());
+        Some(Key { document, operation, variables, media })
+    }
+
+    /// The answer kept under `key`. Only public queries are ever kept, and a key is the document
+    /// itself, so a hit needs no parsing to know it may be shared.
+    pub async fn cached(&self, key: &Key) -> Option<Answer> {
+        let answer = self.entries.as_ref()?.get(key).await;
+        if answer.is_some() {
+            metrics::counter!("gateway_response_cache_total", "outcome" => "hit").increment(1);
+        }
+        answer
     }
 
     /// The cached answer for `key`, or `execute`'s, which is kept when it has no errors. Concurrent
     /// callers with one key share one execution.
     pub async fn get_or_execute(&self, key: Key, execute: impl Future<Output = Answer>) -> Answer {
         let Some(entries) = &self.entries else { return execute.await };
+        metrics::counter!("gateway_response_cache_total", "outcome" => "miss").increment(1);
         let fresh = async {
             let answer = execute.await;
             if answer.ok { Ok(answer) } else { Err(answer) }
         };
         match entries.try_get_with(key, fresh).await {
-            Ok(answer) => {
-                metrics::counter!("gateway_response_cache_total", "outcome" => "answered").increment(1);
-                answer
-            }
+            Ok(answer) => answer,
             // Not kept: every caller that waited on this execution gets its answer.
             Err(uncached) => Arc::unwrap_or_clone(uncached),
         }
@@ -108,7 +113,7 @@ impl ResponseCache {
 
 /// Whether the operation `request` runs is a query selecting public root fields only. A root
 /// fragment could select anything, so it makes the request not public.
-fn is_public_query(request: &mut Request) -> bool {
+pub fn is_public_query(request: &mut Request) -> bool {
     let operation_name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else { return false };
     let operation = match operation_name {
@@ -175,8 +180,10 @@ fn normalize(query: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The key of a request that may be shared.
     fn key(cache: &ResponseCache, query: &str, anonymous: bool) -> Option<Key> {
-        cache.key(&mut Request::new(query), anonymous, MediaType::Json)
+        let mut request = Request::new(query);
+        is_public_query(&mut request).then(|| cache.key(&request, anonymous, MediaType::Json)).flatten()
     }
 
     #[test]
@@ -195,7 +202,8 @@ mod tests {
             key(&cache, "query A { concerts { edges { cursor } } } query B { me { id } }", true).is_none()
         );
         let named = Request::new("query A { concerts { edges { cursor } } } query B { me { id } }");
-        assert!(cache.key(&mut named.operation_name("A"), true, MediaType::Json).is_some());
+        let mut named = named.operation_name("A");
+        assert!(is_public_query(&mut named) && cache.key(&named, true, MediaType::Json).is_some());
         let off = ResponseCache::new(ResponseCacheConfig { ttl: Duration::ZERO, ..Default::default() });
         assert!(key(&off, "{ concerts { edges { cursor } } }", true).is_none(), "turned off");
     }

@@ -209,14 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn the_strength_check_is_cheap_and_survives_any_input() {
+    fn the_strength_check_survives_any_input() {
+        // How long the check takes is measured by the login benchmark, not asserted here.
         let hostile =
             ["é".repeat(128), "\u{0}".repeat(128), "👩‍👩‍👧‍👦".repeat(18), "a".repeat(128), "1a".repeat(64)];
-        let started = std::time::Instant::now();
         for raw in &hostile {
             let _ = Password::parse_new(raw, &["x@example.com", "\u{202e}"]);
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     }
 
     #[test]

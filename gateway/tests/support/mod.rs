@@ -54,6 +54,8 @@ impl Gateway {
             ("RATE_LIMIT_BURST", "1000".to_owned()),
             ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
             ("AUTH_RATE_LIMIT_BURST", "100".to_owned()),
+            // Tests watch each request reach the services; tests/response_cache.rs turns it on.
+            ("RESPONSE_CACHE_TTL_MS", "0".to_owned()),
         ]);
         all.extend(vars);
         let config = gateway::Config::from_env(&Env::new(&all)).expect("test configuration is valid");

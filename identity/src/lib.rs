@@ -12,8 +12,10 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod oauth;
 pub mod passwords;
 pub mod refresh_tokens;
+pub mod service_tokens;
 pub mod sessions;
 pub mod throttle;
 
@@ -39,6 +41,7 @@ use crate::http::AppState;
 use crate::keys::SigningKeys;
 use crate::passwords::PasswordHasher;
 use crate::refresh_tokens::RefreshTokens;
+use crate::service_tokens::ServiceTokens;
 use crate::sessions::Sessions;
 use crate::throttle::LoginThrottle;
 
@@ -63,7 +66,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = platform::db::prepare(&config.database, &MIGRATOR).await?;
         let keys = Arc::new(
-            SigningKeys::open(pool.clone(), config.signing_keys_reload, config.access_token_ttl).await?,
+            // Published keys outlive the longest-lived token either kind of token can have.
+            SigningKeys::open(
+                pool.clone(),
+                config.signing_keys_reload,
+                config.access_token_ttl.max(config.service_token_ttl),
+            )
+            .await?,
         );
         let hasher = PasswordHasher::new(config.max_concurrent_hashes).await?;
         let accounts = Accounts::new(pool.clone(), hasher.clone());
@@ -83,6 +92,17 @@ impl App {
             Box::pin(async move { Ok(keys.jwks().await) })
         }));
         let verifier = JwtVerifier::new(source, config.audience.clone());
+        let service_tokens = ServiceTokens::new(
+            keys.clone(),
+            config.audience.clone(),
+            config.service_token_ttl,
+            config.service_clients.clone(),
+        );
+        if service_tokens.clients().is_empty() {
+            tracing::warn!(
+                "SERVICE_CLIENTS is empty: no service can get a token, so ordering cannot hold seats"
+            );
+        }
         let state = AppState {
             accounts,
             sessions,
@@ -97,7 +117,9 @@ impl App {
             async move { platform::db::ping(&pool).await }
         });
         let router = platform::http::with_common_layers(
-            http::router(state).merge(platform::health::public_router(checks.clone())),
+            http::router(state)
+                .merge(oauth::router(service_tokens))
+                .merge(platform::health::public_router(checks.clone())),
             config.http,
         );
         let admin_router =

@@ -9,6 +9,8 @@ use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
 
+use crate::service_token::ClientCredentials;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `LISTEN_ADDR`, default `0.0.0.0:8082`: the REST API, `/alive` and a status-only `/health`.
@@ -26,6 +28,10 @@ pub struct Config {
     pub identity_url: String,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`.
     pub audience: TokenAudience,
+    /// `SERVICE_CLIENT_ID` (default `ordering`) and `SERVICE_CLIENT_SECRET` (required, at least 32
+    /// characters; identity's `SERVICE_CLIENTS` holds its SHA-256): what ordering authenticates with
+    /// to get the service token catalog's seat RPCs need.
+    pub service_credentials: ClientCredentials,
     /// `HOLD_SECONDS`, default 600 (1 to 3600, catalog's range): how long seats stay held for an
     /// unconfirmed order.
     pub hold: Duration,
@@ -105,6 +111,7 @@ impl Config {
             },
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
             audience: TokenAudience::from_env(env),
+            service_credentials: service_credentials(env)?,
             hold: Duration::from_secs(env.int_in("HOLD_SECONDS", 600, 1..=3600)?),
             sweep_interval: positive_seconds(env, "SWEEP_INTERVAL_SECS", 5.0)?,
             idempotency: IdempotencyConfig {
@@ -147,6 +154,28 @@ fn positive_seconds(env: &Env<'_>, name: &str, default: f64) -> Result<Duration,
     Ok(value)
 }
 
+/// The shortest client secret accepted: identity stores only an unsalted SHA-256 of it, which is
+/// safe for long random secrets and not for short ones.
+pub const MIN_CLIENT_SECRET_CHARS: usize = 32;
+
+fn service_credentials(env: &Env<'_>) -> Result<ClientCredentials, ConfigError> {
+    let client_id = env.string("SERVICE_CLIENT_ID", "ordering");
+    let expected = format!("a random secret of at least {MIN_CLIENT_SECRET_CHARS} characters");
+    // A secret: errors say what is wrong with it, never what it is.
+    let client_secret = match env.optional("SERVICE_CLIENT_SECRET") {
+        None => return Err(ConfigError::new("SERVICE_CLIENT_SECRET", expected, "unset")),
+        Some(secret) if secret.chars().count() < MIN_CLIENT_SECRET_CHARS || secret.contains(':') => {
+            return Err(ConfigError::new(
+                "SERVICE_CLIENT_SECRET",
+                format!("{expected}, without ':'"),
+                "<redacted>",
+            ));
+        }
+        Some(secret) => secret,
+    };
+    Ok(ClientCredentials { client_id, client_secret })
+}
+
 fn exchange_name(env: &Env<'_>) -> Result<String, ConfigError> {
     let name = env.string("EVENTS_EXCHANGE", platform::events::DEFAULT_EXCHANGE);
     // AMQP short strings are at most 255 bytes; the amq. prefix is reserved by the broker.
@@ -167,9 +196,11 @@ mod tests {
 
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn defaults_match_the_contract() {
-        let source: HashMap<&'static str, String> = HashMap::new();
+        let source: HashMap<&'static str, String> = [("SERVICE_CLIENT_SECRET", SECRET.to_owned())].into();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.listen_addr.port(), 8082);
         assert_eq!(config.admin_listen_addr.port(), 9082);
@@ -177,16 +208,28 @@ mod tests {
         assert_eq!(config.catalog.url, "http://127.0.0.1:50051");
         assert_eq!(config.relay.exchange, "ticketflow.events");
         assert_eq!(config.hold, Duration::from_secs(600));
+        assert_eq!(config.service_credentials.client_id, "ordering");
+    }
+
+    #[test]
+    fn a_missing_or_short_client_secret_names_the_variable_and_not_the_secret() {
+        let source: HashMap<&'static str, String> = HashMap::new();
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
+        let source: HashMap<&'static str, String> = [("SERVICE_CLIENT_SECRET", "hunter2".to_owned())].into();
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]
     fn malformed_values_name_the_variable() {
-        let source: HashMap<&'static str, String> = [("HOLD_SECONDS", "0".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "HOLD_SECONDS");
-        let source: HashMap<&'static str, String> =
-            [("CATALOG_GRPC_URL", "127.0.0.1:50051".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "CATALOG_GRPC_URL");
-        let source: HashMap<&'static str, String> = [("SWEEP_INTERVAL_SECS", "0".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "SWEEP_INTERVAL_SECS");
+        for (name, value) in
+            [("HOLD_SECONDS", "0"), ("CATALOG_GRPC_URL", "127.0.0.1:50051"), ("SWEEP_INTERVAL_SECS", "0")]
+        {
+            let source: HashMap<&'static str, String> =
+                [(name, value.to_owned()), ("SERVICE_CLIENT_SECRET", SECRET.to_owned())].into();
+            assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, name);
+        }
     }
 }

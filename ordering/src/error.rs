@@ -47,6 +47,8 @@ pub enum Dependency {
     Database,
     Catalog,
     PaymentProvider,
+    /// Identity, which issues the service token catalog's seat calls need.
+    Identity,
 }
 
 impl Dependency {
@@ -59,6 +61,7 @@ impl Dependency {
             Self::Database => None,
             Self::Catalog => Some("catalog-unavailable"),
             Self::PaymentProvider => Some("payment-provider-unavailable"),
+            Self::Identity => Some("identity-unavailable"),
         }
     }
 }
@@ -69,6 +72,7 @@ impl std::fmt::Display for Dependency {
             Self::Database => "the database",
             Self::Catalog => "the catalog",
             Self::PaymentProvider => "the payment provider",
+            Self::Identity => "the identity service",
         })
     }
 }

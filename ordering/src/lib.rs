@@ -17,6 +17,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod relay;
+pub mod service_token;
 pub mod sweeper;
 
 use std::net::SocketAddr;
@@ -65,7 +66,12 @@ impl App {
         payments: Arc<dyn PaymentProvider>,
     ) -> anyhow::Result<App> {
         let db = platform::db::prepare(&config.database, &MIGRATOR).await?;
-        let catalog = Arc::new(catalog::Catalog::connect_lazy(&config.catalog)?);
+        let tokens = Arc::new(service_token::ServiceTokens::new(
+            &config.identity_url,
+            config.service_credentials.clone(),
+            platform::auth::SCOPE_SEATS_WRITE,
+        )?);
+        let catalog = Arc::new(catalog::Catalog::connect_lazy(&config.catalog, tokens)?);
         let verifier = JwtVerifier::new(KeySource::identity(&config.identity_url)?, config.audience.clone());
         let relay = relay::Relay::new(db.clone(), config.relay.clone());
         let sweeper = sweeper::Sweeper {

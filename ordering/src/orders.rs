@@ -22,6 +22,7 @@ use crate::error::{Dependency, Error};
 use crate::idempotency::{self, Begin, Claim, StoredResponse};
 use crate::outbox;
 use crate::payments::{Charge, PaymentId, PaymentProvider};
+use crate::service_token::TokenError;
 
 /// Every column of `orders`, in the order [`Order`]'s `FromRow` reads them.
 pub const ORDER_COLUMNS: &str = "id, buyer_id, buyer_email, concert_id, quantity, unit_price_cents, total_cents, \
@@ -104,10 +105,9 @@ impl Orders {
         claim: &Claim,
         request: &PlaceOrder,
     ) -> Result<Placed, Error> {
-        let token = Some(buyer.token.as_str());
         let hold = self
             .catalog
-            .reserve_seats(token, claim.order_id, request.concert_id, request.quantity, self.hold)
+            .reserve_seats(claim.order_id, request.concert_id, request.quantity, self.hold)
             .await
             .map_err(|error| match error {
                 CatalogError::NotFound => Error::ConcertNotFound,
@@ -121,7 +121,7 @@ impl Orders {
         if let Err(error) = &recorded
             && !matches!(error, Error::RequestInProgress)
         {
-            self.release_unrecorded_hold(token, claim.order_id).await;
+            self.release_unrecorded_hold(claim.order_id).await;
         }
         recorded
     }
@@ -191,7 +191,7 @@ impl Orders {
 
     /// Gives back a hold whose order could not be stored. Best effort: catalog expires holds nobody
     /// confirms, so a failure here only keeps the seats off sale until then.
-    async fn release_unrecorded_hold(&self, token: Option<&str>, order_id: Uuid) {
+    async fn release_unrecorded_hold(&self, order_id: Uuid) {
         // The commit may have succeeded even though we saw an error: never release a stored order's seats.
         let exists: Result<bool, _> =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)")
@@ -202,7 +202,7 @@ impl Orders {
             tracing::warn!(order.id = %order_id, "cannot tell whether the order was stored; leaving its hold to expire");
             return;
         }
-        match self.catalog.release_reservation(token, order_id).await {
+        match self.catalog.release_reservation(order_id).await {
             Ok(_) => {
                 tracing::info!(order.id = %order_id, "released the hold of an order that was not stored")
             }
@@ -268,13 +268,9 @@ impl Orders {
         order: &Order,
         payment: &PaymentId,
     ) -> Result<Order, Error> {
-        self.catalog.confirm_reservation(Some(buyer.token.as_str()), order.id).await.map_err(|error| {
-            match error {
-                CatalogError::NotFound => {
-                    anyhow::anyhow!("catalog has no hold for order {}", order.id).into()
-                }
-                other => catalog_error(other),
-            }
+        self.catalog.confirm_reservation(order.id).await.map_err(|error| match error {
+            CatalogError::NotFound => anyhow::anyhow!("catalog has no hold for order {}", order.id).into(),
+            other => catalog_error(other),
         })?;
         let mut tx = self.db.begin().await?;
         let changed = change_status(&mut tx, order, OrderStatus::Confirmed, None, Some(payment)).await?;
@@ -323,8 +319,7 @@ impl Orders {
                 metrics::counter!("orders_cancelled_total", "reason" => "buyer").increment(1);
                 tracing::info!(order.id = %id, order.previous_status = %order.status, "order cancelled");
                 // Best effort here; on failure the sweeper owes catalog this release.
-                let _ =
-                    release_cancelled_seats(&self.db, &self.catalog, Some(buyer.token.as_str()), id).await;
+                let _ = release_cancelled_seats(&self.db, &self.catalog, id).await;
                 if let Some(payment) = cancelled.payment_id.clone() {
                     self.refund(id, &PaymentId(payment)).await;
                 }
@@ -348,6 +343,10 @@ fn catalog_error(error: CatalogError) -> Error {
         CatalogError::SoldOut => Error::SoldOut,
         CatalogError::HoldInactive(_) => Error::HoldLapsed,
         CatalogError::Unavailable(_) => Error::Unavailable(Dependency::Catalog),
+        CatalogError::Credentials(TokenError::Unavailable(reason)) => {
+            tracing::warn!(error = %reason, "cannot get a service token from identity");
+            Error::Unavailable(Dependency::Identity)
+        }
         other => Error::Internal(other.into()),
     }
 }
@@ -358,10 +357,9 @@ fn catalog_error(error: CatalogError) -> Error {
 pub async fn release_cancelled_seats(
     db: &PgPool,
     catalog: &Catalog,
-    token: Option<&str>,
     order_id: Uuid,
 ) -> Result<(), CatalogError> {
-    match catalog.release_reservation(token, order_id).await {
+    match catalog.release_reservation(order_id).await {
         Ok(hold) if matches!(hold.state, HoldState::Released | HoldState::Expired) => {}
         Ok(hold) => {
             tracing::warn!(order.id = %order_id, hold.state = ?hold.state, "catalog still holds a cancelled order's seats");

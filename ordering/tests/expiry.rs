@@ -75,7 +75,8 @@ async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
         .map(|_| ordering::sweeper::Sweeper {
             db: stack.orders_db.clone(),
             catalog: std::sync::Arc::new(
-                ordering::catalog::Catalog::connect_lazy(&catalog_config).expect("catalog client"),
+                ordering::catalog::Catalog::connect_lazy(&catalog_config, stack.service_tokens())
+                    .expect("catalog client"),
             ),
             interval: Duration::from_secs(3600),
             idempotency_retention: Duration::from_secs(86_400),

@@ -87,6 +87,7 @@ impl BinaryStack {
             ("EVENTS_EXCHANGE", names.exchange()),
             ("NOTIFICATIONS_QUEUE", names.queue("notifications")),
         ];
+        let (service_secret, service_client) = service_client("ordering", "seats:write")?;
         let start = |name: &str, own: Vec<(&'static str, String)>| -> anyhow::Result<ServiceProcess> {
             let env = shared.iter().cloned().chain(own);
             ServiceProcess::spawn(name, &binaries::path(name)?, &[], env)
@@ -100,6 +101,7 @@ impl BinaryStack {
                 ("DATABASE_URL", identity_db.url.clone()),
                 // The launcher's default: logins reach identity through the gateway on loopback.
                 ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+                ("SERVICE_CLIENTS", service_client),
             ],
         )?;
         let catalog = start(
@@ -117,6 +119,7 @@ impl BinaryStack {
                 ("LISTEN_ADDR", ordering.to_string()),
                 ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
                 ("DATABASE_URL", ordering_db.url.clone()),
+                ("SERVICE_CLIENT_SECRET", service_secret),
             ],
         )?;
         let notifications = start(
@@ -184,4 +187,16 @@ impl Drop for BinaryStack {
             }
         }
     }
+}
+
+/// A client of identity's client-credentials grant with a random secret, made up per stack as the
+/// launcher does: `(secret, SERVICE_CLIENTS entry)` (the entry holds the secret's SHA-256 only).
+pub fn service_client(id: &str, scopes: &str) -> anyhow::Result<(String, String)> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let secret = hex(&bytes);
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    Ok((secret.clone(), format!("{id}:{}:{scopes}", hex(digest.as_ref()))))
 }

@@ -9,6 +9,7 @@ use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
 
+use crate::domain::PendingLimits;
 use crate::service_token::ClientCredentials;
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,9 @@ pub struct Config {
     /// `HOLD_SECONDS`, default 600 (1 to 3600, catalog's range): how long seats stay held for an
     /// unconfirmed order.
     pub hold: Duration,
+    /// `MAX_PENDING_ORDERS_PER_BUYER` (default 5) and `MAX_PENDING_SEATS_PER_BUYER` (default 10, per
+    /// concert): what one buyer may hold in unpaid orders at once.
+    pub pending_limits: PendingLimits,
     /// `SWEEP_INTERVAL_SECS`, default 5: how often lapsed holds are looked for.
     pub sweep_interval: Duration,
     pub idempotency: IdempotencyConfig,
@@ -113,6 +117,10 @@ impl Config {
             audience: TokenAudience::from_env(env),
             service_credentials: service_credentials(env)?,
             hold: Duration::from_secs(env.int_in("HOLD_SECONDS", 600, 1..=3600)?),
+            pending_limits: PendingLimits {
+                max_orders: env.int_in("MAX_PENDING_ORDERS_PER_BUYER", 5, 1..=1000)?,
+                max_seats_per_concert: env.int_in("MAX_PENDING_SEATS_PER_BUYER", 10, 1..=1000)?,
+            },
             sweep_interval: positive_seconds(env, "SWEEP_INTERVAL_SECS", 5.0)?,
             idempotency: IdempotencyConfig {
                 wait: millis(env, "IDEMPOTENCY_WAIT_MS", 5000, 0..=60_000)?,
@@ -209,6 +217,7 @@ mod tests {
         assert_eq!(config.relay.exchange, "ticketflow.events");
         assert_eq!(config.hold, Duration::from_secs(600));
         assert_eq!(config.service_credentials.client_id, "ordering");
+        assert_eq!(config.pending_limits, PendingLimits { max_orders: 5, max_seats_per_concert: 10 });
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl App {
             payments,
             config.hold,
             config.idempotency.clone(),
+            config.pending_limits,
         ));
 
         let relay_status = relay.status();

@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError, HoldState, SeatHold};
 use crate::config::IdempotencyConfig;
-use crate::domain::{CancelReason, Cursor, IdempotencyKey, Order, OrderStatus, PageSize, PlaceOrder};
+use crate::domain::{
+    CancelReason, Cursor, IdempotencyKey, Order, OrderStatus, PageSize, PendingLimits, PendingLoad,
+    PlaceOrder,
+};
 use crate::error::{Dependency, Error};
 use crate::idempotency::{self, Begin, Claim, StoredResponse};
 use crate::outbox;
@@ -28,6 +31,9 @@ use crate::service_token::TokenError;
 pub const ORDER_COLUMNS: &str = "id, buyer_id, buyer_email, concert_id, quantity, unit_price_cents, total_cents, \
      currency, status, cancel_reason, payment_id, hold_expires_at, version, created_at, updated_at";
 
+/// The class of the per-buyer advisory lock taken while placing (`pg_advisory_xact_lock(int, int)`).
+const PENDING_LIMIT_LOCK: i32 = 0x6f72_6472; // "ordr"
+
 /// The ordering capability, shared by the HTTP handlers.
 pub struct Orders {
     db: PgPool,
@@ -35,6 +41,7 @@ pub struct Orders {
     payments: Arc<dyn PaymentProvider>,
     hold: Duration,
     idempotency: IdempotencyConfig,
+    limits: PendingLimits,
 }
 
 /// The answer to `POST /orders`, exactly as stored for replays.
@@ -59,12 +66,18 @@ impl Orders {
         payments: Arc<dyn PaymentProvider>,
         hold: Duration,
         idempotency: IdempotencyConfig,
+        limits: PendingLimits,
     ) -> Self {
-        Self { db, catalog, payments, hold, idempotency }
+        Self { db, catalog, payments, hold, idempotency, limits }
     }
 
     /// Places an order once per `key`: holds the seats (priced by catalog as it holds them), stores
     /// the order `Pending`.
+    ///
+    /// The buyer's [`PendingLimits`] are checked twice. Before catalog is asked, so a buyer at the
+    /// limit takes no seats at all. Then, authoritatively, in the transaction that stores the order,
+    /// under a per-buyer lock, so concurrent placements cannot all pass; one refused there has its
+    /// fresh hold released at once. A replay of a placed order returns before either check.
     pub async fn place(
         &self,
         buyer: &AuthUser,
@@ -105,6 +118,8 @@ impl Orders {
         claim: &Claim,
         request: &PlaceOrder,
     ) -> Result<Placed, Error> {
+        let load = pending_load(&mut *self.db.acquire().await?, buyer.id, request.concert_id).await?;
+        self.limits.admit(load, request.quantity)?;
         let hold = self
             .catalog
             .reserve_seats(claim.order_id, request.concert_id, request.quantity, self.hold)
@@ -142,6 +157,15 @@ impl Orders {
             price.total(request.quantity).ok_or_else(|| anyhow::anyhow!("price out of range: {price:?}"))?;
 
         let mut tx = self.db.begin().await?;
+        // One placement per buyer at a time from here to the commit: the count below and the
+        // insert are then one step, whatever runs concurrently. Other buyers are not held up.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+            .bind(PENDING_LIMIT_LOCK)
+            .bind(buyer.id)
+            .execute(&mut *tx)
+            .await?;
+        let load = pending_load(&mut tx, buyer.id, request.concert_id).await?;
+        self.limits.admit(load, request.quantity)?;
         let inserted: Result<Order, sqlx::Error> = sqlx::query_as(&format!(
             "INSERT INTO orders (id, buyer_id, buyer_email, concert_id, quantity, unit_price_cents, total_cents,
                                  currency, status, hold_expires_at)
@@ -388,6 +412,24 @@ pub async fn release_cancelled_seats(
         tracing::warn!(order.id = %order_id, %error, "could not record that the seats were released");
     }
     Ok(())
+}
+
+/// The buyer's live unpaid orders, and their seats of `concert_id`. A `Pending` order whose hold
+/// has lapsed no longer holds seats (the sweeper is about to cancel it), so it does not count.
+async fn pending_load(
+    conn: &mut PgConnection,
+    buyer_id: Uuid,
+    concert_id: Uuid,
+) -> Result<PendingLoad, sqlx::Error> {
+    let (orders, seats_of_concert): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(quantity) FILTER (WHERE concert_id = $2), 0)::bigint
+         FROM orders WHERE buyer_id = $1 AND status = 'Pending' AND hold_expires_at > now()",
+    )
+    .bind(buyer_id)
+    .bind(concert_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(PendingLoad { orders, seats_of_concert })
 }
 
 /// The order `id` if `buyer_id` placed it: ownership is part of the query, not a check after it.

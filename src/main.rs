@@ -141,7 +141,12 @@ async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
     let (catalog_grpc, catalog_admin) =
         launch!(stack, catalog, env, |app| (local(app.grpc_addr()), local(app.admin_addr())));
 
-    let env = ServiceEnv::new("ORDERING", ProcessEnv).default("SERVICE_CLIENT_SECRET", &service_secret);
+    // A development stack: the test payment provider (tok_visa pays), chosen here explicitly since
+    // ordering has no default for it. ORDERING_PAYMENT_PROVIDER=payment-intents and its
+    // PAYMENT_* settings use a real processor instead.
+    let env = ServiceEnv::new("ORDERING", ProcessEnv)
+        .default("SERVICE_CLIENT_SECRET", &service_secret)
+        .default("PAYMENT_PROVIDER", "test");
     let (ordering, ordering_admin) =
         launch!(stack, ordering, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 

@@ -10,6 +10,7 @@ use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
 
 use crate::domain::PendingLimits;
+use crate::payment_intents::PaymentIntentsConfig;
 use crate::service_token::ClientCredentials;
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Config {
     pub identity_url: String,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`.
     pub audience: TokenAudience,
+    /// `PAYMENT_PROVIDER` (required): who takes the buyers' money.
+    pub payments: PaymentConfig,
     /// `SERVICE_CLIENT_ID` (default `ordering`) and `SERVICE_CLIENT_SECRET` (required, at least 32
     /// characters; identity's `SERVICE_CLIENTS` holds its SHA-256): what ordering authenticates with
     /// to get the service token catalog's seat RPCs need.
@@ -44,6 +47,16 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub relay: RelayConfig,
     pub http: HttpLimits,
+}
+
+/// `PAYMENT_PROVIDER`: no default, so that no deployment takes free orders by forgetting it.
+#[derive(Debug, Clone)]
+pub enum PaymentConfig {
+    /// `test`: the built-in test provider (`tok_visa` pays, `tok_declined` is declined). Never in
+    /// production: every order can be paid with a well-known token.
+    Test,
+    /// `payment-intents`: a hosted card processor's payment-intents HTTP API.
+    PaymentIntents(PaymentIntentsConfig),
 }
 
 /// How ordering calls catalog's gRPC API.
@@ -115,6 +128,7 @@ impl Config {
             },
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
             audience: TokenAudience::from_env(env),
+            payments: payments(env)?,
             service_credentials: service_credentials(env)?,
             hold: Duration::from_secs(env.int_in("HOLD_SECONDS", 600, 1..=3600)?),
             pending_limits: PendingLimits {
@@ -162,6 +176,40 @@ fn positive_seconds(env: &Env<'_>, name: &str, default: f64) -> Result<Duration,
     Ok(value)
 }
 
+fn payments(env: &Env<'_>) -> Result<PaymentConfig, ConfigError> {
+    const EXPECTED: &str = "test (the built-in test provider, never in production) or payment-intents";
+    match env.optional("PAYMENT_PROVIDER").as_deref() {
+        None => Err(ConfigError::new("PAYMENT_PROVIDER", EXPECTED, "unset")),
+        Some("test") => Ok(PaymentConfig::Test),
+        Some("payment-intents") => {
+            let secret = |name: &str| {
+                env.optional(name).ok_or_else(|| {
+                    ConfigError::new(name, "the secret PAYMENT_PROVIDER=payment-intents needs", "unset")
+                })
+            };
+            let base_url = env.optional("PAYMENT_API_BASE_URL").ok_or_else(|| {
+                ConfigError::new(
+                    "PAYMENT_API_BASE_URL",
+                    "the processor's API URL, such as https://api.processor.example",
+                    "unset",
+                )
+            })?;
+            Ok(PaymentConfig::PaymentIntents(PaymentIntentsConfig {
+                base_url: env.url("PAYMENT_API_BASE_URL", &base_url, &["http", "https"])?,
+                api_key: secret("PAYMENT_API_KEY")?,
+                webhook_secret: secret("PAYMENT_WEBHOOK_SECRET")?,
+                webhook_tolerance: Duration::from_secs(env.int_in(
+                    "PAYMENT_WEBHOOK_TOLERANCE_SECS",
+                    300,
+                    1..=3600,
+                )?),
+                timeout: millis(env, "PAYMENT_TIMEOUT_MS", 10_000, 100..=60_000)?,
+            }))
+        }
+        Some(other) => Err(ConfigError::new("PAYMENT_PROVIDER", EXPECTED, other)),
+    }
+}
+
 /// The shortest client secret accepted: identity stores only an unsalted SHA-256 of it, which is
 /// safe for long random secrets and not for short ones.
 pub const MIN_CLIENT_SECRET_CHARS: usize = 32;
@@ -206,9 +254,14 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    /// What has no default: the client secret and the payment provider.
+    fn required() -> HashMap<&'static str, String> {
+        [("SERVICE_CLIENT_SECRET", SECRET.to_owned()), ("PAYMENT_PROVIDER", "test".to_owned())].into()
+    }
+
     #[test]
     fn defaults_match_the_contract() {
-        let source: HashMap<&'static str, String> = [("SERVICE_CLIENT_SECRET", SECRET.to_owned())].into();
+        let source = required();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.listen_addr.port(), 8082);
         assert_eq!(config.admin_listen_addr.port(), 9082);
@@ -221,11 +274,37 @@ mod tests {
     }
 
     #[test]
+    fn without_a_payment_provider_ordering_does_not_start() {
+        let mut source = required();
+        source.remove("PAYMENT_PROVIDER");
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_PROVIDER");
+        source.insert("PAYMENT_PROVIDER", "stripe".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_PROVIDER");
+    }
+
+    #[test]
+    fn the_payment_intents_provider_needs_its_url_and_secrets_and_never_shows_them() {
+        let mut source = required();
+        source.insert("PAYMENT_PROVIDER", "payment-intents".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_API_BASE_URL");
+        source.insert("PAYMENT_API_BASE_URL", "https://api.processor.example".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_API_KEY");
+        source.insert("PAYMENT_API_KEY", "sk_live_abc".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_WEBHOOK_SECRET");
+        source.insert("PAYMENT_WEBHOOK_SECRET", "whsec_abc".to_owned());
+        let config = Config::from_env(&Env::new(&source)).unwrap();
+        assert!(matches!(config.payments, PaymentConfig::PaymentIntents(_)));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sk_live_abc") && !shown.contains("whsec_abc"), "{shown}");
+    }
+
+    #[test]
     fn a_missing_or_short_client_secret_names_the_variable_and_not_the_secret() {
-        let source: HashMap<&'static str, String> = HashMap::new();
+        let mut source = required();
+        source.remove("SERVICE_CLIENT_SECRET");
         let error = Config::from_env(&Env::new(&source)).unwrap_err();
         assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
-        let source: HashMap<&'static str, String> = [("SERVICE_CLIENT_SECRET", "hunter2".to_owned())].into();
+        source.insert("SERVICE_CLIENT_SECRET", "hunter2".to_owned());
         let error = Config::from_env(&Env::new(&source)).unwrap_err();
         assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
         assert!(!error.to_string().contains("hunter2"), "{error}");
@@ -236,8 +315,8 @@ mod tests {
         for (name, value) in
             [("HOLD_SECONDS", "0"), ("CATALOG_GRPC_URL", "127.0.0.1:50051"), ("SWEEP_INTERVAL_SECS", "0")]
         {
-            let source: HashMap<&'static str, String> =
-                [(name, value.to_owned()), ("SERVICE_CLIENT_SECRET", SECRET.to_owned())].into();
+            let mut source = required();
+            source.insert(name, value.to_owned());
             assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, name);
         }
     }

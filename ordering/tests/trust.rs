@@ -1,6 +1,8 @@
 //! Ordering calls catalog's seat RPCs with a service token of its own, and replaces a token catalog
 //! refuses.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 mod support;
 
 use std::sync::Arc;

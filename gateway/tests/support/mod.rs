@@ -291,6 +291,7 @@ impl Stack {
             ("EVENTS_EXCHANGE", names.exchange()),
             ("OUTBOX_POLL_INTERVAL_MS", "50".to_owned()),
             ("SERVICE_CLIENT_SECRET", service_secret),
+            ("PAYMENT_PROVIDER", "test".to_owned()),
         ]);
         let app = ordering::App::build(ordering::Config::from_env(&Env::new(&ordering_vars)).unwrap())
             .await

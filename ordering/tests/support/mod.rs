@@ -46,6 +46,8 @@ pub struct Options {
     pub broker_via_proxy: bool,
     /// `OUTBOX_CONFIRM_TIMEOUT_MS`: how long the relay gives one batch.
     pub publish_timeout_ms: u64,
+    /// `PAYMENT_*` variables; the test provider when empty.
+    pub payments: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             catalog_via_proxy: false,
             broker_via_proxy: false,
             publish_timeout_ms: 3000,
+            payments: Vec::new(),
         }
     }
 }
@@ -181,7 +184,10 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("SWEEP_INTERVAL_SECS", options.sweep_interval_secs.to_string()),
         ("IDEMPOTENCY_WAIT_MS", "20000".to_owned()),
         ("SERVICE_CLIENT_SECRET", service_secret.clone()),
+        ("PAYMENT_PROVIDER", "test".to_owned()),
     ]);
+    let mut vars = vars;
+    vars.extend(options.payments.iter().cloned());
     let config = ordering::Config::from_env(&Env::new(&vars)).expect("ordering configuration");
     let app = ordering::App::build(config).await.expect("ordering builds");
     let ordering_admin_url = format!("http://{}", app.admin_addr());

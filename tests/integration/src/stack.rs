@@ -120,6 +120,8 @@ impl BinaryStack {
                 ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
                 ("DATABASE_URL", ordering_db.url.clone()),
                 ("SERVICE_CLIENT_SECRET", service_secret),
+                // The launcher's choice too; never a deployment's.
+                ("PAYMENT_PROVIDER", "test".to_owned()),
             ],
         )?;
         let notifications = start(

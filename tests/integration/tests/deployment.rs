@@ -226,7 +226,8 @@ fn url_target(url: &str) -> (String, u16) {
 // compose.yaml
 
 /// Variables whose values are secrets: never literal in compose.yaml or the manifests.
-const SECRET_VARIABLES: [&str; 2] = ["SERVICE_CLIENTS", "SERVICE_CLIENT_SECRET"];
+const SECRET_VARIABLES: [&str; 4] =
+    ["SERVICE_CLIENTS", "SERVICE_CLIENT_SECRET", "PAYMENT_API_KEY", "PAYMENT_WEBHOOK_SECRET"];
 
 /// `NAME=value` lines of compose.env.example, the template of the `.env` compose reads secrets from.
 fn compose_env_example() -> BTreeMap<String, String> {
@@ -1047,17 +1048,37 @@ fn the_build_context_keeps_everything_compiled_into_the_binaries() {
 /// without them.
 fn required_only(service: &str) -> BTreeMap<String, String> {
     match service {
-        "ordering" => BTreeMap::from([("SERVICE_CLIENT_SECRET".to_owned(), "s".repeat(32))]),
+        "ordering" => BTreeMap::from([
+            ("SERVICE_CLIENT_SECRET".to_owned(), "s".repeat(32)),
+            ("PAYMENT_PROVIDER".to_owned(), "test".to_owned()),
+        ]),
         _ => BTreeMap::new(),
     }
 }
 
 #[test]
-fn ordering_refuses_to_start_without_its_client_secret_naming_it() {
-    let Err(error) = ServiceView::load("ordering", &BTreeMap::new()) else {
-        panic!("ordering started without a client secret")
-    };
-    assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
+fn ordering_refuses_to_start_without_its_client_secret_or_a_payment_provider_naming_each() {
+    for missing in ["SERVICE_CLIENT_SECRET", "PAYMENT_PROVIDER"] {
+        let mut vars = required_only("ordering");
+        vars.remove(missing);
+        let Err(error) = ServiceView::load("ordering", &vars) else {
+            panic!("ordering started without {missing}")
+        };
+        assert_eq!(error.name, missing);
+    }
+}
+
+#[test]
+fn deployments_take_payments_through_a_real_processor_never_the_test_provider() {
+    let compose = Compose::load().view("ordering");
+    let k8s = Kubernetes::load().view("ordering");
+    for (file, view) in [("compose.yaml", compose), ("deploy/k8s", k8s)] {
+        let Loaded::Ordering(config) = &view.config else { panic!("{file}: not ordering's config") };
+        assert!(
+            matches!(config.payments, ordering::config::PaymentConfig::PaymentIntents(_)),
+            "{file}: ordering must use PAYMENT_PROVIDER=payment-intents"
+        );
+    }
 }
 
 #[test]

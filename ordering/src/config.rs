@@ -187,15 +187,15 @@ fn payments(env: &Env<'_>) -> Result<PaymentConfig, ConfigError> {
                     ConfigError::new(name, "the secret PAYMENT_PROVIDER=payment-intents needs", "unset")
                 })
             };
-            let base_url = env.optional("PAYMENT_API_BASE_URL").ok_or_else(|| {
-                ConfigError::new(
+            if env.optional("PAYMENT_API_BASE_URL").is_none() {
+                return Err(ConfigError::new(
                     "PAYMENT_API_BASE_URL",
                     "the processor's API URL, such as https://api.processor.example",
                     "unset",
-                )
-            })?;
+                ));
+            }
             Ok(PaymentConfig::PaymentIntents(PaymentIntentsConfig {
-                base_url: env.url("PAYMENT_API_BASE_URL", &base_url, &["http", "https"])?,
+                base_url: env.url("PAYMENT_API_BASE_URL", "", &["http", "https"])?,
                 api_key: secret("PAYMENT_API_KEY")?,
                 webhook_secret: secret("PAYMENT_WEBHOOK_SECRET")?,
                 webhook_tolerance: Duration::from_secs(env.int_in(

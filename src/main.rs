@@ -124,13 +124,19 @@ macro_rules! launch {
 /// Starts each service in dependency order: identity first (the others fetch its JWKS), catalog
 /// before ordering, the gateway last.
 async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
+    // Ordering's client credentials for catalog's seat calls, made up for this run: identity gets
+    // the secret's hash, ordering the secret. Set IDENTITY_SERVICE_CLIENTS and
+    // ORDERING_SERVICE_CLIENT_SECRET to choose them yourself.
+    let (service_secret, service_client) =
+        identity::service_tokens::generate_client("ordering", platform::auth::SCOPE_SEATS_WRITE)?;
     // Logins reach identity through the gateway on loopback; trusting its X-Forwarded-For keeps
     // login throttling per real client instead of one shared address.
     // The launcher is local development: identity's well-known development key-encryption key, unless
     // IDENTITY_KEY_ENCRYPTION_KEYS names a real one.
     let env = ServiceEnv::new("IDENTITY", ProcessEnv)
         .default("TRUSTED_PROXY_ADDRS", "127.0.0.1")
-        .default("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS);
+        .default("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS)
+        .default("SERVICE_CLIENTS", &service_client);
     let (identity, identity_admin) =
         launch!(stack, identity, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 
@@ -138,7 +144,12 @@ async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
     let (catalog_grpc, catalog_admin) =
         launch!(stack, catalog, env, |app| (local(app.grpc_addr()), local(app.admin_addr())));
 
-    let env = ServiceEnv::new("ORDERING", ProcessEnv);
+    // A development stack: the test payment provider (tok_visa pays), chosen here explicitly since
+    // ordering has no default for it. ORDERING_PAYMENT_PROVIDER=payment-intents and its
+    // PAYMENT_* settings use a real processor instead.
+    let env = ServiceEnv::new("ORDERING", ProcessEnv)
+        .default("SERVICE_CLIENT_SECRET", &service_secret)
+        .default("PAYMENT_PROVIDER", "test");
     let (ordering, ordering_admin) =
         launch!(stack, ordering, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 

@@ -27,6 +27,9 @@ pub enum CatalogError {
     Unauthenticated(AuthError),
     #[error("this operation needs the admin role")]
     Forbidden,
+    /// A valid service token without the scope the call needs.
+    #[error("this operation needs the {0} scope")]
+    MissingScope(&'static str),
     /// Shared because one database failure can answer several coalesced requests.
     #[error(transparent)]
     Database(Arc<sqlx::Error>),
@@ -57,7 +60,7 @@ impl From<CatalogError> for Status {
                 return Status::unavailable("cannot verify credentials right now");
             }
             CatalogError::Unauthenticated(_) => Code::Unauthenticated,
-            CatalogError::Forbidden => Code::PermissionDenied,
+            CatalogError::Forbidden | CatalogError::MissingScope(_) => Code::PermissionDenied,
             CatalogError::Database(_) => {
                 // Details stay in the log; callers learn only that it was not their fault.
                 tracing::error!(error = %error, "database error");

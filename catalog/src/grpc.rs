@@ -2,7 +2,7 @@
 //! Rules live in `domain`, storage in `concerts` and `reservations`, status codes in `error`.
 
 use chrono::{DateTime, Utc};
-use platform::auth::{AuthError, AuthUser, JwtVerifier};
+use platform::auth::{AuthError, AuthUser, JwtVerifier, SCOPE_SEATS_WRITE, ServiceClaims, bearer_token};
 use prost_types::Timestamp;
 use proto::catalog::v1 as pb;
 use tonic::metadata::MetadataMap;
@@ -33,6 +33,21 @@ impl CatalogService {
         };
         let user = AuthUser::from_authorization(&self.verifier, authorization).await?;
         if user.is_admin() { Ok(user) } else { Err(CatalogError::Forbidden) }
+    }
+
+    /// The calling service, whose service token (not a user's access token) must carry `scope`.
+    async fn require_service(
+        &self,
+        metadata: &MetadataMap,
+        scope: &'static str,
+    ) -> Result<ServiceClaims, CatalogError> {
+        let authorization = metadata
+            .get("authorization")
+            .ok_or(AuthError::MissingToken)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed)?;
+        let claims = self.verifier.verify_service(bearer_token(authorization)?).await?;
+        if claims.has_scope(scope) { Ok(claims) } else { Err(CatalogError::MissingScope(scope)) }
     }
 }
 
@@ -122,6 +137,7 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::ReserveSeatsRequest>,
     ) -> Result<Response<pb::SeatHold>, Status> {
+        self.require_service(request.metadata(), SCOPE_SEATS_WRITE).await?;
         let r = request.into_inner();
         let seats = SeatRequest::parse(&r.order_id, &r.concert_id, r.quantity, r.hold_seconds)
             .map_err(CatalogError::from)?;
@@ -132,6 +148,7 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::ConfirmReservationRequest>,
     ) -> Result<Response<pb::SeatHold>, Status> {
+        self.require_service(request.metadata(), SCOPE_SEATS_WRITE).await?;
         let order_id = parse_id("order_id", &request.into_inner().order_id).map_err(CatalogError::from)?;
         Ok(Response::new(hold(self.reservations.confirm(order_id).await?)))
     }
@@ -140,6 +157,7 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::SeatHold>, Status> {
+        self.require_service(request.metadata(), SCOPE_SEATS_WRITE).await?;
         let order_id = parse_id("order_id", &request.into_inner().order_id).map_err(CatalogError::from)?;
         Ok(Response::new(hold(self.reservations.release(order_id).await?)))
     }

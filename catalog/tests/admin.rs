@@ -1,4 +1,5 @@
-//! Admins manage concerts with a real identity token; everyone else is turned away.
+//! Admins manage concerts with a real identity token; everyone else is turned away. Seats are held,
+//! confirmed and released only by a service holding a `seats:write` service token from identity.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -22,12 +23,20 @@ use uuid::Uuid;
 struct Identity {
     service: RunningService,
     db: TestDatabase,
+    /// Client secrets of `ordering` (scope seats:write) and `reporting` (scope concerts:read).
+    ordering_secret: String,
+    reporting_secret: String,
 }
 
 async fn spawn_identity() -> Identity {
     integration::init();
     let db = TestDatabase::create(&TestNames::new().database("identity")).await.unwrap();
+    let (ordering_secret, ordering) =
+        identity::service_tokens::generate_client("ordering", platform::auth::SCOPE_SEATS_WRITE).unwrap();
+    let (reporting_secret, reporting) =
+        identity::service_tokens::generate_client("reporting", "concerts:read").unwrap();
     let vars: HashMap<&'static str, String> = HashMap::from([
+        ("SERVICE_CLIENTS", format!("{ordering},{reporting}")),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
@@ -38,10 +47,27 @@ async fn spawn_identity() -> Identity {
     let shutdown = CancellationToken::new();
     let service = RunningService::spawn("identity", app.http_addr(), shutdown.clone(), app.run(shutdown));
     service.wait_healthy(Duration::from_secs(20)).await.unwrap();
-    Identity { service, db }
+    Identity { service, db, ordering_secret, reporting_secret }
 }
 
 impl Identity {
+    /// A service token for `client` (`ordering` or `reporting`) by the client-credentials grant.
+    async fn service_token(&self, client: &str) -> String {
+        let secret = if client == "ordering" { &self.ordering_secret } else { &self.reporting_secret };
+        let response: Value = reqwest::Client::new()
+            .post(format!("{}/oauth/token", self.service.http_url()))
+            .basic_auth(client, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["access_token"].as_str().expect("a service token").to_owned()
+    }
+
     /// Registers a new account, grants it `role` unless that is "customer", and logs it in.
     async fn token(&self, role: &str) -> String {
         let http = reqwest::Client::new();
@@ -73,7 +99,12 @@ impl Identity {
 
 /// A catalog that trusts `identity`'s keys.
 async fn catalog_for(identity: &Identity) -> TestCatalog {
-    spawn_with(Settings { identity_url: identity.service.http_url(), ..Settings::default() }).await
+    spawn_with(Settings {
+        identity_url: Some(identity.service.http_url()),
+        service_token: Some(identity.service_token("ordering").await),
+        ..Settings::default()
+    })
+    .await
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
@@ -254,4 +285,68 @@ async fn customers_are_forbidden_and_callers_without_a_valid_token_unauthenticat
     );
 
     assert_eq!(catalog.get(id).await.unwrap().title, "Evening Show");
+}
+
+fn reserve(concert: Uuid) -> pb::ReserveSeatsRequest {
+    pb::ReserveSeatsRequest {
+        order_id: Uuid::new_v4().to_string(),
+        concert_id: concert.to_string(),
+        quantity: 2,
+        hold_seconds: 600,
+    }
+}
+
+#[tokio::test]
+async fn seats_cannot_be_taken_without_a_service_token() {
+    let identity = spawn_identity().await;
+    let catalog = catalog_for(&identity).await;
+    let concert = catalog.insert(row(30)).await;
+    let mut anonymous = catalog.anonymous.clone();
+
+    // What took two seats with no order and no payment: reserve, then confirm, with no credentials.
+    let status = anonymous.reserve_seats(reserve(concert)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let confirm = pb::ConfirmReservationRequest { order_id: Uuid::new_v4().to_string() };
+    assert_eq!(
+        anonymous.confirm_reservation(confirm.clone()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let release = pb::ReleaseReservationRequest { order_id: Uuid::new_v4().to_string() };
+    assert_eq!(anonymous.release_reservation(release).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // A user's access token, even an admin's, is not a service token.
+    let admin = identity.token("admin").await;
+    let status = anonymous.reserve_seats(with_token(reserve(concert), &admin)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = anonymous.reserve_seats(with_token(reserve(concert), "not-a-jwt")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A service without the seats:write scope is known, and refused.
+    let reporting = identity.service_token("reporting").await;
+    let status = anonymous.reserve_seats(with_token(reserve(concert), &reporting)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    assert_eq!(catalog.available_in_db(concert).await, 500, "no seat was taken");
+    // Reads stay public.
+    anonymous.get_concert(pb::GetConcertRequest { id: concert.to_string() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_token_with_seats_write_holds_confirms_and_releases() {
+    let identity = spawn_identity().await;
+    let catalog = catalog_for(&identity).await;
+    let concert = catalog.insert(row(30)).await;
+    let ordering = identity.service_token("ordering").await;
+    let mut client = catalog.anonymous.clone();
+    let request = reserve(concert);
+    let order_id = request.order_id.clone();
+    let hold = client.reserve_seats(with_token(request, &ordering)).await.unwrap().into_inner();
+    assert_eq!(hold.status(), pb::HoldStatus::Held);
+    let confirm = pb::ConfirmReservationRequest { order_id: order_id.clone() };
+    let hold = client.confirm_reservation(with_token(confirm, &ordering)).await.unwrap().into_inner();
+    assert_eq!(hold.status(), pb::HoldStatus::Confirmed);
+    let release = pb::ReleaseReservationRequest { order_id };
+    let hold = client.release_reservation(with_token(release, &ordering)).await.unwrap().into_inner();
+    assert_eq!(hold.status(), pb::HoldStatus::Released);
+    assert_eq!(catalog.available_in_db(concert).await, 500);
 }

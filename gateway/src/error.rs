@@ -199,6 +199,10 @@ impl GatewayError {
             (404, "concert-not-found") => Self::NotFound("concert"),
             (404, _) => Self::NotFound(what),
             (409, "sold-out") => Self::SoldOut,
+            // The buyer holds as many unpaid orders or seats as one buyer may: pay or cancel first.
+            (409, "pending-limit") => {
+                Self::BadUserInput { field: first_field.map(|(field, _)| field), message: detail }
+            }
             // The same idempotency key is being processed right now: a moment later it will not be.
             (409, "request-in-progress") => Self::Unavailable(service),
             // Email taken, an order in a state that does not allow the change, a lapsed hold: the
@@ -364,6 +368,23 @@ mod tests {
         let problem = Problem::conflict("only 1 seat left").with_type("sold-out");
         let error = GatewayError::from_problem(Service::Ordering, "order", &problem);
         assert_eq!(error.code(), ErrorCode::SoldOut);
+    }
+
+    #[test]
+    fn a_pending_limit_is_bad_user_input_naming_the_limit() {
+        let problem =
+            Problem::conflict("at most 5 orders may wait for payment at once").with_type("pending-limit");
+        let (message, orders) = extensions(GatewayError::from_problem(Service::Ordering, "order", &problem));
+        assert_eq!(orders["code"], "BAD_USER_INPUT");
+        assert!(message.contains("at most 5 orders"), "{message}");
+        let seats = Problem::conflict("at most 10 seats")
+            .with_type("pending-limit")
+            .with_field_error("quantity", "at most 10 seats");
+        let (_, seats) = extensions(GatewayError::from_problem(Service::Ordering, "order", &seats));
+        assert_eq!(
+            (seats["code"].as_str(), seats["field"].as_str()),
+            (Some("BAD_USER_INPUT"), Some("quantity"))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
 
 use crate::key_encryption::KeyEncryptionKeys;
+use crate::service_tokens::ServiceClients;
 use crate::throttle::TrustedProxies;
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,12 @@ pub struct Config {
     /// subnet, `10.0.0.0/8,127.0.0.1`) whose `X-Forwarded-For` names the real client for
     /// per-address login throttling. Empty by default: nobody is trusted and the TCP peer is the client.
     pub trusted_proxies: TrustedProxies,
+    /// `SERVICE_CLIENTS`, default empty: the services that may get a token by the client-credentials
+    /// grant, `id:sha256-of-secret-hex:scope[ scope]` separated by commas, e.g.
+    /// `ordering:<sha256 hex>:seats:write`. A secret; never logged.
+    pub service_clients: ServiceClients,
+    /// `SERVICE_TOKEN_TTL_SECS`, default 300: lifetime of a service token (10 to 3600).
+    pub service_token_ttl: Duration,
     pub http: HttpLimits,
 }
 
@@ -114,6 +121,8 @@ impl Config {
             },
             max_concurrent_hashes: env.int_in("MAX_CONCURRENT_PASSWORD_HASHES", default_hashes, 1..=256)?,
             trusted_proxies: trusted_proxies(env)?,
+            service_clients: service_clients(env)?,
+            service_token_ttl: Duration::from_secs(env.int_in("SERVICE_TOKEN_TTL_SECS", 300, 10..=3600)?),
             http: HttpLimits::default(),
         })
     }
@@ -136,6 +145,18 @@ fn key_encryption_keys(env: &Env<'_>) -> Result<KeyEncryptionKeys, ConfigError> 
     let raw = env.optional(NAME).ok_or_else(|| ConfigError::new(NAME, EXPECTED, "unset"))?;
     KeyEncryptionKeys::parse(&raw)
         .map_err(|error| ConfigError::new(NAME, EXPECTED, format!("a value that is not: {error}")))
+}
+
+fn service_clients(env: &Env<'_>) -> Result<ServiceClients, ConfigError> {
+    let raw = env.string("SERVICE_CLIENTS", "");
+    // The value is a secret (hashes of client secrets): the error says what is wrong, never the value.
+    ServiceClients::parse(&raw).map_err(|error| {
+        ConfigError::new(
+            "SERVICE_CLIENTS",
+            format!("id:sha256-hex:scopes entries separated by commas ({error})"),
+            "<redacted>",
+        )
+    })
 }
 
 fn trusted_proxies(env: &Env<'_>) -> Result<TrustedProxies, ConfigError> {

@@ -13,8 +13,10 @@ pub mod error;
 pub mod http;
 pub mod key_encryption;
 pub mod keys;
+pub mod oauth;
 pub mod passwords;
 pub mod refresh_tokens;
+pub mod service_tokens;
 pub mod sessions;
 pub mod throttle;
 
@@ -40,6 +42,7 @@ use crate::http::AppState;
 use crate::keys::SigningKeys;
 use crate::passwords::PasswordHasher;
 use crate::refresh_tokens::RefreshTokens;
+use crate::service_tokens::ServiceTokens;
 use crate::sessions::Sessions;
 use crate::throttle::LoginThrottle;
 
@@ -64,11 +67,12 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = platform::db::prepare(&config.database, &MIGRATOR).await?;
         let keys = Arc::new(
+            // Published keys outlive the longest-lived token either kind of token can have.
             SigningKeys::open(
                 pool.clone(),
                 config.key_encryption.clone(),
                 config.signing_keys_reload,
-                config.access_token_ttl,
+                config.access_token_ttl.max(config.service_token_ttl),
             )
             .await?,
         );
@@ -90,6 +94,17 @@ impl App {
             Box::pin(async move { Ok(keys.jwks().await) })
         }));
         let verifier = JwtVerifier::new(source, config.audience.clone());
+        let service_tokens = ServiceTokens::new(
+            keys.clone(),
+            config.audience.clone(),
+            config.service_token_ttl,
+            config.service_clients.clone(),
+        );
+        if service_tokens.clients().is_empty() {
+            tracing::warn!(
+                "SERVICE_CLIENTS is empty: no service can get a token, so ordering cannot hold seats"
+            );
+        }
         let state = AppState {
             accounts,
             sessions,
@@ -104,7 +119,9 @@ impl App {
             async move { platform::db::ping(&pool).await }
         });
         let router = platform::http::with_common_layers(
-            http::router(state).merge(platform::health::public_router(checks.clone())),
+            http::router(state)
+                .merge(oauth::router(service_tokens))
+                .merge(platform::health::public_router(checks.clone())),
             config.http,
         );
         let admin_router =

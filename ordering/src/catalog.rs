@@ -4,8 +4,13 @@
 //! fast 503 rather than a hung thread. Every call ordering makes is idempotent (seat calls are keyed
 //! by order id), so transient failures are retried a few times with a short back-off. The channel
 //! connects lazily: ordering starts, and reports catalog in `/health`, while catalog is down.
+//!
+//! Seat calls carry ordering's service token (never a buyer's token): catalog answers them only for
+//! a caller holding the `seats:write` scope. A token catalog refuses (`UNAUTHENTICATED`: identity
+//! rotated its key, the token expired on the way) is replaced once and the call sent again.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::CatalogConfig;
 use crate::domain::{Price, Quantity};
+use crate::service_token::{ServiceTokens, TokenError};
 
 /// What catalog answered, in ordering's terms.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,9 @@ pub enum CatalogError {
     /// Catalog is down, slow, or the circuit is open.
     #[error("catalog is unavailable: {0}")]
     Unavailable(String),
+    /// Ordering could not get a service token to call catalog with.
+    #[error("no service token for catalog: {0}")]
+    Credentials(#[from] TokenError),
     /// An answer that means a bug on one side (invalid argument, permission denied, ...).
     #[error("catalog refused the call: {0:?} {1}")]
     Refused(Code, String),
@@ -64,11 +73,12 @@ pub struct Catalog {
     breaker: CircuitBreaker,
     timeout: Duration,
     attempts: u32,
+    tokens: Arc<ServiceTokens>,
 }
 
 impl Catalog {
     /// A client whose connection is made on first use (and re-made after catalog restarts).
-    pub fn connect_lazy(config: &CatalogConfig) -> anyhow::Result<Self> {
+    pub fn connect_lazy(config: &CatalogConfig, tokens: Arc<ServiceTokens>) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(config.url.clone())?
             .connect_timeout(config.timeout)
             .timeout(config.timeout)
@@ -82,6 +92,7 @@ impl Catalog {
             breaker: CircuitBreaker::new("catalog", config.breaker),
             timeout: config.timeout,
             attempts: config.attempts.max(1),
+            tokens,
         })
     }
 
@@ -89,7 +100,6 @@ impl Catalog {
     /// the concert's price when they were taken.
     pub async fn reserve_seats(
         &self,
-        token: Option<&str>,
         order_id: Uuid,
         concert_id: Uuid,
         quantity: Quantity,
@@ -101,38 +111,25 @@ impl Catalog {
             quantity: i32::try_from(quantity.get()).unwrap_or(i32::MAX),
             hold_seconds: i32::try_from(hold.as_secs()).unwrap_or(i32::MAX),
         };
-        let hold = self
-            .call("ReserveSeats", token, message, |mut c, r| async move { c.reserve_seats(r).await })
-            .await?;
+        let hold =
+            self.call("ReserveSeats", message, |mut c, r| async move { c.reserve_seats(r).await }).await?;
         seat_hold(&hold)
     }
 
     /// Turns an order's hold into sold seats (idempotent).
-    pub async fn confirm_reservation(
-        &self,
-        token: Option<&str>,
-        order_id: Uuid,
-    ) -> Result<SeatHold, CatalogError> {
+    pub async fn confirm_reservation(&self, order_id: Uuid) -> Result<SeatHold, CatalogError> {
         let message = pb::ConfirmReservationRequest { order_id: order_id.to_string() };
-        let hold =
-            self.call("ConfirmReservation", token, message, |mut c, r| async move {
-                c.confirm_reservation(r).await
-            })
+        let hold = self
+            .call("ConfirmReservation", message, |mut c, r| async move { c.confirm_reservation(r).await })
             .await?;
         seat_hold(&hold)
     }
 
     /// Gives an order's seats back to sale (idempotent).
-    pub async fn release_reservation(
-        &self,
-        token: Option<&str>,
-        order_id: Uuid,
-    ) -> Result<SeatHold, CatalogError> {
+    pub async fn release_reservation(&self, order_id: Uuid) -> Result<SeatHold, CatalogError> {
         let message = pb::ReleaseReservationRequest { order_id: order_id.to_string() };
-        let hold =
-            self.call("ReleaseReservation", token, message, |mut c, r| async move {
-                c.release_reservation(r).await
-            })
+        let hold = self
+            .call("ReleaseReservation", message, |mut c, r| async move { c.release_reservation(r).await })
             .await?;
         seat_hold(&hold)
     }
@@ -155,14 +152,9 @@ impl Catalog {
     }
 
     /// One idempotent call: each attempt under the deadline and the breaker, retried on failures that
-    /// say catalog is unwell (never on an answer such as "sold out").
-    async fn call<M, T, F, Fut>(
-        &self,
-        method: &'static str,
-        token: Option<&str>,
-        message: M,
-        send: F,
-    ) -> Result<T, CatalogError>
+    /// say catalog is unwell (never on an answer such as "sold out"), and once with a fresh service
+    /// token when catalog refuses the one it was sent with.
+    async fn call<M, T, F, Fut>(&self, method: &'static str, message: M, send: F) -> Result<T, CatalogError>
     where
         M: Clone,
         F: Fn(CatalogClient<Channel>, Request<M>) -> Fut,
@@ -170,8 +162,13 @@ impl Catalog {
     {
         let started = Instant::now();
         let mut attempt = 1;
+        let mut token_refreshed = false;
         let outcome = loop {
-            let request = self.request(token, message.clone());
+            let token = match self.tokens.token().await {
+                Ok(token) => token,
+                Err(error) => break Err(CatalogError::Credentials(error)),
+            };
+            let request = self.request(&token, message.clone());
             let sent = async {
                 match tokio::time::timeout(self.timeout, send(self.client.clone(), request)).await {
                     Ok(result) => result,
@@ -181,6 +178,13 @@ impl Catalog {
             match self.breaker.call(sent, |status| is_failure(status.code())).await {
                 Ok(response) => break Ok(response.into_inner()),
                 Err(BreakerError::Open(_)) => break Err(CatalogError::Unavailable("circuit open".into())),
+                Err(BreakerError::Inner(status))
+                    if status.code() == Code::Unauthenticated && !token_refreshed =>
+                {
+                    tracing::info!(catalog.method = method, error = %status.message(), "catalog refused the service token; fetching a new one");
+                    self.tokens.invalidate(&token).await;
+                    token_refreshed = true;
+                }
                 Err(BreakerError::Inner(status)) if is_failure(status.code()) && attempt < self.attempts => {
                     tracing::debug!(catalog.method = method, attempt, error = %status.message(), "retrying catalog call");
                     // 50 ms, 150 ms, 450 ms, ...: short enough that a request still fails fast.
@@ -203,14 +207,12 @@ impl Catalog {
         outcome
     }
 
-    /// A request carrying the deadline, the caller's token and the current trace context.
-    fn request<M>(&self, token: Option<&str>, message: M) -> Request<M> {
+    /// A request carrying the deadline, ordering's service token and the current trace context.
+    fn request<M>(&self, token: &str, message: M) -> Request<M> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
         let metadata = request.metadata_mut();
-        if let Some(token) = token
-            && let Ok(value) = AsciiMetadataValue::try_from(format!("Bearer {token}"))
-        {
+        if let Ok(value) = AsciiMetadataValue::try_from(format!("Bearer {token}")) {
             metadata.insert("authorization", value);
         }
         for (key, value) in platform::trace_context::current_headers() {
@@ -338,11 +340,12 @@ mod tests {
                 ..BreakerConfig::default()
             },
         };
-        let catalog = Catalog::connect_lazy(&config).unwrap();
+        platform::install_crypto_provider();
+        let catalog = Catalog::connect_lazy(&config, Arc::new(ServiceTokens::fixed("t"))).unwrap();
         let started = Instant::now();
-        let result = catalog.release_reservation(None, Uuid::now_v7()).await;
+        let result = catalog.release_reservation(Uuid::now_v7()).await;
         assert!(matches!(result, Err(CatalogError::Unavailable(_))), "{result:?}");
-        let result = catalog.release_reservation(None, Uuid::now_v7()).await;
+        let result = catalog.release_reservation(Uuid::now_v7()).await;
         assert!(matches!(result, Err(CatalogError::Unavailable(reason)) if reason == "circuit open"));
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     }

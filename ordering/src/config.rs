@@ -9,6 +9,10 @@ use platform::config::{ConfigError, Env};
 use platform::db::DatabaseConfig;
 use platform::http::{ConnectionLimits, HttpLimits};
 
+use crate::domain::PendingLimits;
+use crate::payment_intents::PaymentIntentsConfig;
+use crate::service_token::ClientCredentials;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `LISTEN_ADDR`, default `0.0.0.0:8082`: the REST API, `/alive` and a status-only `/health`.
@@ -26,14 +30,33 @@ pub struct Config {
     pub identity_url: String,
     /// `JWT_ISSUER` / `JWT_AUDIENCE`.
     pub audience: TokenAudience,
+    /// `PAYMENT_PROVIDER` (required): who takes the buyers' money.
+    pub payments: PaymentConfig,
+    /// `SERVICE_CLIENT_ID` (default `ordering`) and `SERVICE_CLIENT_SECRET` (required, at least 32
+    /// characters; identity's `SERVICE_CLIENTS` holds its SHA-256): what ordering authenticates with
+    /// to get the service token catalog's seat RPCs need.
+    pub service_credentials: ClientCredentials,
     /// `HOLD_SECONDS`, default 600 (1 to 3600, catalog's range): how long seats stay held for an
     /// unconfirmed order.
     pub hold: Duration,
+    /// `MAX_PENDING_ORDERS_PER_BUYER` (default 5) and `MAX_PENDING_SEATS_PER_BUYER` (default 10, per
+    /// concert): what one buyer may hold in unpaid orders at once.
+    pub pending_limits: PendingLimits,
     /// `SWEEP_INTERVAL_SECS`, default 5: how often lapsed holds are looked for.
     pub sweep_interval: Duration,
     pub idempotency: IdempotencyConfig,
     pub relay: RelayConfig,
     pub http: HttpLimits,
+}
+
+/// `PAYMENT_PROVIDER`: no default, so that no deployment takes free orders by forgetting it.
+#[derive(Debug, Clone)]
+pub enum PaymentConfig {
+    /// `test`: the built-in test provider (`tok_visa` pays, `tok_declined` is declined). Never in
+    /// production: every order can be paid with a well-known token.
+    Test,
+    /// `payment-intents`: a hosted card processor's payment-intents HTTP API.
+    PaymentIntents(PaymentIntentsConfig),
 }
 
 /// How ordering calls catalog's gRPC API.
@@ -105,7 +128,13 @@ impl Config {
             },
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
             audience: TokenAudience::from_env(env)?,
+            payments: payments(env)?,
+            service_credentials: service_credentials(env)?,
             hold: Duration::from_secs(env.int_in("HOLD_SECONDS", 600, 1..=3600)?),
+            pending_limits: PendingLimits {
+                max_orders: env.int_in("MAX_PENDING_ORDERS_PER_BUYER", 5, 1..=1000)?,
+                max_seats_per_concert: env.int_in("MAX_PENDING_SEATS_PER_BUYER", 10, 1..=1000)?,
+            },
             sweep_interval: positive_seconds(env, "SWEEP_INTERVAL_SECS", 5.0)?,
             idempotency: IdempotencyConfig {
                 wait: millis(env, "IDEMPOTENCY_WAIT_MS", 5000, 0..=60_000)?,
@@ -147,6 +176,62 @@ fn positive_seconds(env: &Env<'_>, name: &str, default: f64) -> Result<Duration,
     Ok(value)
 }
 
+fn payments(env: &Env<'_>) -> Result<PaymentConfig, ConfigError> {
+    const EXPECTED: &str = "test (the built-in test provider, never in production) or payment-intents";
+    match env.optional("PAYMENT_PROVIDER").as_deref() {
+        None => Err(ConfigError::new("PAYMENT_PROVIDER", EXPECTED, "unset")),
+        Some("test") => Ok(PaymentConfig::Test),
+        Some("payment-intents") => {
+            let secret = |name: &str| {
+                env.optional(name).ok_or_else(|| {
+                    ConfigError::new(name, "the secret PAYMENT_PROVIDER=payment-intents needs", "unset")
+                })
+            };
+            if env.optional("PAYMENT_API_BASE_URL").is_none() {
+                return Err(ConfigError::new(
+                    "PAYMENT_API_BASE_URL",
+                    "the processor's API URL, such as https://api.processor.example",
+                    "unset",
+                ));
+            }
+            Ok(PaymentConfig::PaymentIntents(PaymentIntentsConfig {
+                base_url: env.url("PAYMENT_API_BASE_URL", "", &["http", "https"])?,
+                api_key: secret("PAYMENT_API_KEY")?,
+                webhook_secret: secret("PAYMENT_WEBHOOK_SECRET")?,
+                webhook_tolerance: Duration::from_secs(env.int_in(
+                    "PAYMENT_WEBHOOK_TOLERANCE_SECS",
+                    300,
+                    1..=3600,
+                )?),
+                timeout: millis(env, "PAYMENT_TIMEOUT_MS", 10_000, 100..=60_000)?,
+            }))
+        }
+        Some(other) => Err(ConfigError::new("PAYMENT_PROVIDER", EXPECTED, other)),
+    }
+}
+
+/// The shortest client secret accepted: identity stores only an unsalted SHA-256 of it, which is
+/// safe for long random secrets and not for short ones.
+pub const MIN_CLIENT_SECRET_CHARS: usize = 32;
+
+fn service_credentials(env: &Env<'_>) -> Result<ClientCredentials, ConfigError> {
+    let client_id = env.string("SERVICE_CLIENT_ID", "ordering");
+    let expected = format!("a random secret of at least {MIN_CLIENT_SECRET_CHARS} characters");
+    // A secret: errors say what is wrong with it, never what it is.
+    let client_secret = match env.optional("SERVICE_CLIENT_SECRET") {
+        None => return Err(ConfigError::new("SERVICE_CLIENT_SECRET", expected, "unset")),
+        Some(secret) if secret.chars().count() < MIN_CLIENT_SECRET_CHARS || secret.contains(':') => {
+            return Err(ConfigError::new(
+                "SERVICE_CLIENT_SECRET",
+                format!("{expected}, without ':'"),
+                "<redacted>",
+            ));
+        }
+        Some(secret) => secret,
+    };
+    Ok(ClientCredentials { client_id, client_secret })
+}
+
 fn exchange_name(env: &Env<'_>) -> Result<String, ConfigError> {
     let name = env.string("EVENTS_EXCHANGE", platform::events::DEFAULT_EXCHANGE);
     // AMQP short strings are at most 255 bytes; the amq. prefix is reserved by the broker.
@@ -167,9 +252,16 @@ mod tests {
 
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// What has no default: the client secret and the payment provider.
+    fn required() -> HashMap<&'static str, String> {
+        [("SERVICE_CLIENT_SECRET", SECRET.to_owned()), ("PAYMENT_PROVIDER", "test".to_owned())].into()
+    }
+
     #[test]
     fn defaults_match_the_contract() {
-        let source: HashMap<&'static str, String> = HashMap::new();
+        let source = required();
         let config = Config::from_env(&Env::new(&source)).unwrap();
         assert_eq!(config.listen_addr.port(), 8082);
         assert_eq!(config.admin_listen_addr.port(), 9082);
@@ -177,16 +269,55 @@ mod tests {
         assert_eq!(config.catalog.url, "http://127.0.0.1:50051");
         assert_eq!(config.relay.exchange, "ticketflow.events");
         assert_eq!(config.hold, Duration::from_secs(600));
+        assert_eq!(config.service_credentials.client_id, "ordering");
+        assert_eq!(config.pending_limits, PendingLimits { max_orders: 5, max_seats_per_concert: 10 });
+    }
+
+    #[test]
+    fn without_a_payment_provider_ordering_does_not_start() {
+        let mut source = required();
+        source.remove("PAYMENT_PROVIDER");
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_PROVIDER");
+        source.insert("PAYMENT_PROVIDER", "stripe".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_PROVIDER");
+    }
+
+    #[test]
+    fn the_payment_intents_provider_needs_its_url_and_secrets_and_never_shows_them() {
+        let mut source = required();
+        source.insert("PAYMENT_PROVIDER", "payment-intents".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_API_BASE_URL");
+        source.insert("PAYMENT_API_BASE_URL", "https://api.processor.example".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_API_KEY");
+        source.insert("PAYMENT_API_KEY", "sk_live_abc".to_owned());
+        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "PAYMENT_WEBHOOK_SECRET");
+        source.insert("PAYMENT_WEBHOOK_SECRET", "whsec_abc".to_owned());
+        let config = Config::from_env(&Env::new(&source)).unwrap();
+        assert!(matches!(config.payments, PaymentConfig::PaymentIntents(_)));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sk_live_abc") && !shown.contains("whsec_abc"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_or_short_client_secret_names_the_variable_and_not_the_secret() {
+        let mut source = required();
+        source.remove("SERVICE_CLIENT_SECRET");
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
+        source.insert("SERVICE_CLIENT_SECRET", "hunter2".to_owned());
+        let error = Config::from_env(&Env::new(&source)).unwrap_err();
+        assert_eq!(error.name, "SERVICE_CLIENT_SECRET");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 
     #[test]
     fn malformed_values_name_the_variable() {
-        let source: HashMap<&'static str, String> = [("HOLD_SECONDS", "0".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "HOLD_SECONDS");
-        let source: HashMap<&'static str, String> =
-            [("CATALOG_GRPC_URL", "127.0.0.1:50051".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "CATALOG_GRPC_URL");
-        let source: HashMap<&'static str, String> = [("SWEEP_INTERVAL_SECS", "0".to_owned())].into();
-        assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, "SWEEP_INTERVAL_SECS");
+        for (name, value) in
+            [("HOLD_SECONDS", "0"), ("CATALOG_GRPC_URL", "127.0.0.1:50051"), ("SWEEP_INTERVAL_SECS", "0")]
+        {
+            let mut source = required();
+            source.insert(name, value.to_owned());
+            assert_eq!(Config::from_env(&Env::new(&source)).unwrap_err().name, name);
+        }
     }
 }

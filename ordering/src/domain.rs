@@ -112,6 +112,49 @@ impl Quantity {
     }
 }
 
+/// How much one buyer may hold in unpaid (`Pending`) orders, so that one account cannot take a
+/// concert's seats off sale by placing orders it never pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    /// Pending orders per buyer, across concerts.
+    pub max_orders: u32,
+    /// Seats in pending orders per buyer and concert.
+    pub max_seats_per_concert: u32,
+}
+
+/// What a buyer holds in live pending orders now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingLoad {
+    pub orders: i64,
+    /// Seats of the concert being ordered.
+    pub seats_of_concert: i64,
+}
+
+/// The limit a new order would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PendingLimitExceeded {
+    #[error("at most {max} orders may wait for payment at once; pay for or cancel one first")]
+    Orders { max: u32 },
+    #[error("at most {max} seats of one concert may be held in unpaid orders; {held} are held already")]
+    Seats { max: u32, held: i64 },
+}
+
+impl PendingLimits {
+    /// Whether one more order of `quantity` seats fits beside `load`.
+    pub fn admit(&self, load: PendingLoad, quantity: Quantity) -> Result<(), PendingLimitExceeded> {
+        if load.orders >= i64::from(self.max_orders) {
+            return Err(PendingLimitExceeded::Orders { max: self.max_orders });
+        }
+        if load.seats_of_concert + i64::from(quantity.get()) > i64::from(self.max_seats_per_concert) {
+            return Err(PendingLimitExceeded::Seats {
+                max: self.max_seats_per_concert,
+                held: load.seats_of_concert,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The caller's `Idempotency-Key`: 1 to 255 visible ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
@@ -278,6 +321,23 @@ impl PageSize {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn pending_limits_count_orders_and_seats_of_the_concert() {
+        let limits = PendingLimits { max_orders: 5, max_seats_per_concert: 10 };
+        let two = Quantity::new(2).unwrap();
+        assert_eq!(limits.admit(PendingLoad { orders: 4, seats_of_concert: 8 }, two), Ok(()));
+        assert_eq!(
+            limits.admit(PendingLoad { orders: 5, seats_of_concert: 0 }, two),
+            Err(PendingLimitExceeded::Orders { max: 5 })
+        );
+        assert_eq!(
+            limits.admit(PendingLoad { orders: 1, seats_of_concert: 9 }, two),
+            Err(PendingLimitExceeded::Seats { max: 10, held: 9 })
+        );
+        let ten = Quantity::new(10).unwrap();
+        assert_eq!(limits.admit(PendingLoad::default(), ten), Ok(()));
+    }
+
     use super::*;
     use OrderStatus::{Cancelled, Confirmed, Pending};
 

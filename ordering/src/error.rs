@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use platform::problem::Problem;
 
-use crate::domain::{IdempotencyKey, InvalidTransition};
+use crate::domain::{IdempotencyKey, InvalidTransition, PendingLimitExceeded};
 use crate::payments::PaymentError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum Error {
     ConcertNotFound,
     #[error("not enough seats left")]
     SoldOut,
+    /// The buyer already holds as much in unpaid orders as one buyer may.
+    #[error(transparent)]
+    PendingLimit(#[from] PendingLimitExceeded),
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
     /// The seat hold expired (or was released) before the order could be confirmed.
@@ -47,6 +50,8 @@ pub enum Dependency {
     Database,
     Catalog,
     PaymentProvider,
+    /// Identity, which issues the service token catalog's seat calls need.
+    Identity,
 }
 
 impl Dependency {
@@ -59,6 +64,7 @@ impl Dependency {
             Self::Database => None,
             Self::Catalog => Some("catalog-unavailable"),
             Self::PaymentProvider => Some("payment-provider-unavailable"),
+            Self::Identity => Some("identity-unavailable"),
         }
     }
 }
@@ -69,6 +75,7 @@ impl std::fmt::Display for Dependency {
             Self::Database => "the database",
             Self::Catalog => "the catalog",
             Self::PaymentProvider => "the payment provider",
+            Self::Identity => "the identity service",
         })
     }
 }
@@ -129,6 +136,17 @@ impl Error {
             Self::SoldOut => {
                 Problem::conflict("not enough seats left for this concert").with_type("sold-out")
             }
+            // A state of the buyer's account, not an answer about this request: the buyer pays for
+            // or cancels an order, then retries (so it is not final and not stored for the key).
+            Self::PendingLimit(limit) => {
+                let problem = Problem::conflict(limit.to_string()).with_type("pending-limit");
+                match limit {
+                    PendingLimitExceeded::Orders { .. } => problem,
+                    PendingLimitExceeded::Seats { .. } => {
+                        problem.with_field_error("quantity", limit.to_string())
+                    }
+                }
+            }
             Self::InvalidTransition(transition) => {
                 Problem::conflict(transition.to_string()).with_type("invalid-transition")
             }
@@ -182,6 +200,7 @@ mod tests {
             (Error::OrderNotFound, 404),
             (Error::ConcertNotFound, 404),
             (Error::SoldOut, 409),
+            (PendingLimitExceeded::Orders { max: 5 }.into(), 409),
             (InvalidTransition { from: OrderStatus::Confirmed, to: OrderStatus::Confirmed }.into(), 409),
             (Error::HoldLapsed, 409),
             (Error::PaymentDeclined, 402),

@@ -15,8 +15,10 @@ pub mod http;
 pub mod idempotency;
 pub mod orders;
 pub mod outbox;
+pub mod payment_intents;
 pub mod payments;
 pub mod relay;
+pub mod service_token;
 pub mod sweeper;
 
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::Config;
+use crate::config::PaymentConfig;
+use crate::payment_intents::PaymentIntents;
 use crate::payments::{PaymentProvider, TestPaymentProvider};
 
 /// Ordering's schema: `migrations/ordering/*.sql`, applied at start-up.
@@ -54,9 +58,18 @@ pub struct App {
 
 impl App {
     /// Binds both listeners, prepares the database and sets up catalog, relay and sweeper, taking
-    /// payments through the built-in test provider.
+    /// payments through the provider `PAYMENT_PROVIDER` names.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        Self::build_with_payments(config, Arc::new(TestPaymentProvider)).await
+        let payments: Arc<dyn PaymentProvider> = match &config.payments {
+            PaymentConfig::Test => {
+                tracing::warn!(
+                    "PAYMENT_PROVIDER=test: orders are paid with well-known test tokens; never use this in production"
+                );
+                Arc::new(TestPaymentProvider)
+            }
+            PaymentConfig::PaymentIntents(processor) => Arc::new(PaymentIntents::new(processor)?),
+        };
+        Self::build_with_payments(config, payments).await
     }
 
     /// As [`App::build`], with another payment provider.
@@ -65,7 +78,12 @@ impl App {
         payments: Arc<dyn PaymentProvider>,
     ) -> anyhow::Result<App> {
         let db = platform::db::prepare(&config.database, &MIGRATOR).await?;
-        let catalog = Arc::new(catalog::Catalog::connect_lazy(&config.catalog)?);
+        let tokens = Arc::new(service_token::ServiceTokens::new(
+            &config.identity_url,
+            config.service_credentials.clone(),
+            platform::auth::SCOPE_SEATS_WRITE,
+        )?);
+        let catalog = Arc::new(catalog::Catalog::connect_lazy(&config.catalog, tokens)?);
         let verifier = JwtVerifier::new(KeySource::identity(&config.identity_url)?, config.audience.clone());
         let relay = relay::Relay::new(db.clone(), config.relay.clone());
         let sweeper = sweeper::Sweeper {
@@ -81,6 +99,7 @@ impl App {
             payments,
             config.hold,
             config.idempotency.clone(),
+            config.pending_limits,
         ));
 
         let relay_status = relay.status();
@@ -102,8 +121,14 @@ impl App {
                     let catalog = catalog.clone();
                     async move { catalog.check_health().await }
                 });
-        let routes = http::router(http::AppState { orders, verifier })
+        let mut routes = http::router(http::AppState { orders, verifier })
             .merge(platform::health::public_router(checks.clone()));
+        if let PaymentConfig::PaymentIntents(processor) = &config.payments {
+            routes = routes.merge(http::webhook_router(http::WebhookState {
+                secret: processor.webhook_secret.clone().into(),
+                tolerance: processor.webhook_tolerance,
+            }));
+        }
         let router = platform::http::with_common_layers(routes, config.http);
         let admin_router =
             platform::http::with_common_layers(platform::health::admin_router(checks), config.http);

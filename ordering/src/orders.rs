@@ -17,15 +17,22 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, CatalogError, HoldState, SeatHold};
 use crate::config::IdempotencyConfig;
-use crate::domain::{CancelReason, Cursor, IdempotencyKey, Order, OrderStatus, PageSize, PlaceOrder};
+use crate::domain::{
+    CancelReason, Cursor, IdempotencyKey, Order, OrderStatus, PageSize, PendingLimits, PendingLoad,
+    PlaceOrder,
+};
 use crate::error::{Dependency, Error};
 use crate::idempotency::{self, Begin, Claim, StoredResponse};
 use crate::outbox;
 use crate::payments::{Charge, PaymentId, PaymentProvider};
+use crate::service_token::TokenError;
 
 /// Every column of `orders`, in the order [`Order`]'s `FromRow` reads them.
 pub const ORDER_COLUMNS: &str = "id, buyer_id, buyer_email, concert_id, quantity, unit_price_cents, total_cents, \
      currency, status, cancel_reason, payment_id, hold_expires_at, version, created_at, updated_at";
+
+/// The class of the per-buyer advisory lock taken while placing (`pg_advisory_xact_lock(int, int)`).
+const PENDING_LIMIT_LOCK: i32 = 0x6f72_6472; // "ordr"
 
 /// The ordering capability, shared by the HTTP handlers.
 pub struct Orders {
@@ -34,6 +41,7 @@ pub struct Orders {
     payments: Arc<dyn PaymentProvider>,
     hold: Duration,
     idempotency: IdempotencyConfig,
+    limits: PendingLimits,
 }
 
 /// The answer to `POST /orders`, exactly as stored for replays.
@@ -58,12 +66,18 @@ impl Orders {
         payments: Arc<dyn PaymentProvider>,
         hold: Duration,
         idempotency: IdempotencyConfig,
+        limits: PendingLimits,
     ) -> Self {
-        Self { db, catalog, payments, hold, idempotency }
+        Self { db, catalog, payments, hold, idempotency, limits }
     }
 
     /// Places an order once per `key`: holds the seats (priced by catalog as it holds them), stores
     /// the order `Pending`.
+    ///
+    /// The buyer's [`PendingLimits`] are checked twice. Before catalog is asked, so a buyer at the
+    /// limit takes no seats at all. Then, authoritatively, in the transaction that stores the order,
+    /// under a per-buyer lock, so concurrent placements cannot all pass; one refused there has its
+    /// fresh hold released at once. A replay of a placed order returns before either check.
     pub async fn place(
         &self,
         buyer: &AuthUser,
@@ -104,10 +118,11 @@ impl Orders {
         claim: &Claim,
         request: &PlaceOrder,
     ) -> Result<Placed, Error> {
-        let token = Some(buyer.token.as_str());
+        let load = pending_load(&mut *self.db.acquire().await?, buyer.id, request.concert_id).await?;
+        self.limits.admit(load, request.quantity)?;
         let hold = self
             .catalog
-            .reserve_seats(token, claim.order_id, request.concert_id, request.quantity, self.hold)
+            .reserve_seats(claim.order_id, request.concert_id, request.quantity, self.hold)
             .await
             .map_err(|error| match error {
                 CatalogError::NotFound => Error::ConcertNotFound,
@@ -121,7 +136,7 @@ impl Orders {
         if let Err(error) = &recorded
             && !matches!(error, Error::RequestInProgress)
         {
-            self.release_unrecorded_hold(token, claim.order_id).await;
+            self.release_unrecorded_hold(claim.order_id).await;
         }
         recorded
     }
@@ -142,6 +157,15 @@ impl Orders {
             price.total(request.quantity).ok_or_else(|| anyhow::anyhow!("price out of range: {price:?}"))?;
 
         let mut tx = self.db.begin().await?;
+        // One placement per buyer at a time from here to the commit: the count below and the
+        // insert are then one step, whatever runs concurrently. Other buyers are not held up.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+            .bind(PENDING_LIMIT_LOCK)
+            .bind(buyer.id)
+            .execute(&mut *tx)
+            .await?;
+        let load = pending_load(&mut tx, buyer.id, request.concert_id).await?;
+        self.limits.admit(load, request.quantity)?;
         let inserted: Result<Order, sqlx::Error> = sqlx::query_as(&format!(
             "INSERT INTO orders (id, buyer_id, buyer_email, concert_id, quantity, unit_price_cents, total_cents,
                                  currency, status, hold_expires_at)
@@ -191,7 +215,7 @@ impl Orders {
 
     /// Gives back a hold whose order could not be stored. Best effort: catalog expires holds nobody
     /// confirms, so a failure here only keeps the seats off sale until then.
-    async fn release_unrecorded_hold(&self, token: Option<&str>, order_id: Uuid) {
+    async fn release_unrecorded_hold(&self, order_id: Uuid) {
         // The commit may have succeeded even though we saw an error: never release a stored order's seats.
         let exists: Result<bool, _> =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)")
@@ -202,7 +226,7 @@ impl Orders {
             tracing::warn!(order.id = %order_id, "cannot tell whether the order was stored; leaving its hold to expire");
             return;
         }
-        match self.catalog.release_reservation(token, order_id).await {
+        match self.catalog.release_reservation(order_id).await {
             Ok(_) => {
                 tracing::info!(order.id = %order_id, "released the hold of an order that was not stored")
             }
@@ -268,13 +292,9 @@ impl Orders {
         order: &Order,
         payment: &PaymentId,
     ) -> Result<Order, Error> {
-        self.catalog.confirm_reservation(Some(buyer.token.as_str()), order.id).await.map_err(|error| {
-            match error {
-                CatalogError::NotFound => {
-                    anyhow::anyhow!("catalog has no hold for order {}", order.id).into()
-                }
-                other => catalog_error(other),
-            }
+        self.catalog.confirm_reservation(order.id).await.map_err(|error| match error {
+            CatalogError::NotFound => anyhow::anyhow!("catalog has no hold for order {}", order.id).into(),
+            other => catalog_error(other),
         })?;
         let mut tx = self.db.begin().await?;
         let changed = change_status(&mut tx, order, OrderStatus::Confirmed, None, Some(payment)).await?;
@@ -323,8 +343,7 @@ impl Orders {
                 metrics::counter!("orders_cancelled_total", "reason" => "buyer").increment(1);
                 tracing::info!(order.id = %id, order.previous_status = %order.status, "order cancelled");
                 // Best effort here; on failure the sweeper owes catalog this release.
-                let _ =
-                    release_cancelled_seats(&self.db, &self.catalog, Some(buyer.token.as_str()), id).await;
+                let _ = release_cancelled_seats(&self.db, &self.catalog, id).await;
                 if let Some(payment) = cancelled.payment_id.clone() {
                     self.refund(id, &PaymentId(payment)).await;
                 }
@@ -348,6 +367,10 @@ fn catalog_error(error: CatalogError) -> Error {
         CatalogError::SoldOut => Error::SoldOut,
         CatalogError::HoldInactive(_) => Error::HoldLapsed,
         CatalogError::Unavailable(_) => Error::Unavailable(Dependency::Catalog),
+        CatalogError::Credentials(TokenError::Unavailable(reason)) => {
+            tracing::warn!(error = %reason, "cannot get a service token from identity");
+            Error::Unavailable(Dependency::Identity)
+        }
         other => Error::Internal(other.into()),
     }
 }
@@ -358,10 +381,9 @@ fn catalog_error(error: CatalogError) -> Error {
 pub async fn release_cancelled_seats(
     db: &PgPool,
     catalog: &Catalog,
-    token: Option<&str>,
     order_id: Uuid,
 ) -> Result<(), CatalogError> {
-    match catalog.release_reservation(token, order_id).await {
+    match catalog.release_reservation(order_id).await {
         Ok(hold) if matches!(hold.state, HoldState::Released | HoldState::Expired) => {}
         Ok(hold) => {
             tracing::warn!(order.id = %order_id, hold.state = ?hold.state, "catalog still holds a cancelled order's seats");
@@ -390,6 +412,24 @@ pub async fn release_cancelled_seats(
         tracing::warn!(order.id = %order_id, %error, "could not record that the seats were released");
     }
     Ok(())
+}
+
+/// The buyer's live unpaid orders, and their seats of `concert_id`. A `Pending` order whose hold
+/// has lapsed no longer holds seats (the sweeper is about to cancel it), so it does not count.
+async fn pending_load(
+    conn: &mut PgConnection,
+    buyer_id: Uuid,
+    concert_id: Uuid,
+) -> Result<PendingLoad, sqlx::Error> {
+    let (orders, seats_of_concert): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(quantity) FILTER (WHERE concert_id = $2), 0)::bigint
+         FROM orders WHERE buyer_id = $1 AND status = 'Pending' AND hold_expires_at > now()",
+    )
+    .bind(buyer_id)
+    .bind(concert_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(PendingLoad { orders, seats_of_concert })
 }
 
 /// The order `id` if `buyer_id` placed it: ownership is part of the query, not a check after it.

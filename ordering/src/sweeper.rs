@@ -91,7 +91,7 @@ impl Sweeper {
             for id in &cancelled {
                 tracing::info!(order.id = %id, "order cancelled: seat hold expired");
                 // On failure (logged) the release is owed, and retried by `release_owed_seats`.
-                let _ = release_cancelled_seats(&self.db, &self.catalog, None, *id).await;
+                let _ = release_cancelled_seats(&self.db, &self.catalog, *id).await;
             }
             metrics::counter!("orders_cancelled_total", "reason" => "expired")
                 .increment(cancelled.len() as u64);
@@ -115,7 +115,7 @@ impl Sweeper {
         metrics::gauge!("orders_seat_releases_owed").set(owed.len() as f64);
         let mut released = 0;
         for id in owed {
-            match release_cancelled_seats(&self.db, &self.catalog, None, id).await {
+            match release_cancelled_seats(&self.db, &self.catalog, id).await {
                 Ok(()) => {
                     tracing::info!(order.id = %id, "released the seats of a cancelled order on retry");
                     released += 1;

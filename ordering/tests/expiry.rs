@@ -43,11 +43,12 @@ async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
     let options = support::Options { hold_seconds: 1, sweep_interval_secs: 3600.0, ..Default::default() };
     let stack = support::spawn_with(options).await;
     let mut events = stack.events().await;
-    let buyer = stack.buyer("ada").await;
+    // Three buyers: one may hold at most MAX_PENDING_ORDERS_PER_BUYER (5) unpaid orders.
+    let buyers = [stack.buyer("ada").await, stack.buyer("grace").await, stack.buyer("edsger").await];
     let concert = stack.concert(100).await;
     let mut placed = std::collections::HashSet::new();
     for n in 0..12 {
-        let answer = stack.place(&buyer, &format!("lapse-{n}"), concert, 1).await;
+        let answer = stack.place(&buyers[n % 3], &format!("lapse-{n}"), concert, 1).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text);
         placed.insert(answer.json["id"].as_str().expect("id").to_owned());
     }
@@ -75,7 +76,8 @@ async fn several_sweepers_at_once_cancel_each_lapsed_order_exactly_once() {
         .map(|_| ordering::sweeper::Sweeper {
             db: stack.orders_db.clone(),
             catalog: std::sync::Arc::new(
-                ordering::catalog::Catalog::connect_lazy(&catalog_config).expect("catalog client"),
+                ordering::catalog::Catalog::connect_lazy(&catalog_config, stack.service_tokens())
+                    .expect("catalog client"),
             ),
             interval: Duration::from_secs(3600),
             idempotency_retention: Duration::from_secs(86_400),

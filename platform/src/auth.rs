@@ -38,6 +38,13 @@ const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_CUSTOMER: &str = "customer";
 
+/// The scope a service token needs to hold, confirm and release seats in catalog.
+pub const SCOPE_SEATS_WRITE: &str = "seats:write";
+
+/// The JWT `typ` header of a service token. With its own audience and claims, it keeps a service
+/// token from ever passing as a user's access token, and a user's token from passing as a service's.
+pub const SERVICE_TOKEN_TYPE: &str = "service+jwt";
+
 /// The claims of a TicketFlow access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -49,6 +56,27 @@ pub struct Claims {
     pub exp: i64,
     pub iat: i64,
     pub jti: Uuid,
+}
+
+/// The claims of a service token (OAuth 2.0 client credentials, issued by identity's `/oauth/token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    /// The client id of the calling service, e.g. `ordering`.
+    pub sub: String,
+    /// Space-separated scopes (RFC 9068 §2.2.3), e.g. `seats:write`.
+    pub scope: String,
+    pub iss: String,
+    /// [`TokenAudience::service_audience`], never the audience of user tokens.
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: Uuid,
+}
+
+impl ServiceClaims {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
+    }
 }
 
 /// Issuer, audience and maximum token lifetime every service agrees on.
@@ -82,6 +110,12 @@ impl TokenAudience {
     /// `issuer` and `audience` with the default maximum lifetime.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         Self { issuer: issuer.into(), audience: audience.into(), max_lifetime: Self::DEFAULT_MAX_LIFETIME }
+    }
+
+    /// The audience of service tokens: `<JWT_AUDIENCE>:services`. Distinct from the users' audience,
+    /// so neither kind of token verifies as the other.
+    pub fn service_audience(&self) -> String {
+        format!("{}:services", self.audience)
     }
 }
 
@@ -209,7 +243,7 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
 
         match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
-            Ok(data) => self.check_lifetime(data.claims),
+            Ok(data) => self.check_lifetime(data.claims.iat, data.claims.exp).map(|()| data.claims),
             Err(error) if matches!(error.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(AuthError::Expired)
             }
@@ -222,23 +256,55 @@ impl JwtVerifier {
 
     /// jsonwebtoken checks `exp` and `nbf` only: a token issued "in the future" or for longer than
     /// identity may issue is a forgery or a broken clock, either way not to be trusted.
-    fn check_lifetime(&self, claims: Claims) -> Result<Claims, AuthError> {
+    fn check_lifetime(&self, iat: i64, exp: i64) -> Result<(), AuthError> {
         let inner = &self.inner;
         let now = chrono::Utc::now().timestamp();
         let leeway = i64::try_from(inner.leeway.as_secs()).unwrap_or(i64::MAX);
         let max_lifetime = i64::try_from(inner.audience.max_lifetime.as_secs()).unwrap_or(i64::MAX);
-        if claims.iat > now.saturating_add(leeway) {
-            tracing::debug!(iat = claims.iat, now, "token rejected: issued in the future");
+        if iat > now.saturating_add(leeway) {
+            tracing::debug!(iat = iat, now, "token rejected: issued in the future");
             return Err(AuthError::Invalid);
         }
-        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
-            tracing::debug!(
-                lifetime = claims.exp.saturating_sub(claims.iat),
-                "token rejected: lives too long"
-            );
+        if exp.saturating_sub(iat) > max_lifetime {
+            tracing::debug!(lifetime = exp.saturating_sub(iat), "token rejected: lives too long");
             return Err(AuthError::Invalid);
         }
-        Ok(claims)
+        Ok(())
+    }
+
+    /// Verifies a service token: signature, algorithm, `typ` [`SERVICE_TOKEN_TYPE`], issuer, the
+    /// service audience, lifetime and a `scope` claim. A user's access token never passes.
+    pub async fn verify_service(&self, token: &str) -> Result<ServiceClaims, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) || header.typ.as_deref() != Some(SERVICE_TOKEN_TYPE) {
+            return Err(AuthError::Invalid);
+        }
+        let kid = header.kid.ok_or(AuthError::Invalid)?;
+        let (key, key_algorithm) = self.key(&kid).await?;
+        if key_algorithm != header.alg {
+            return Err(AuthError::Invalid);
+        }
+        let inner = &self.inner;
+        let mut validation = Validation::new(key_algorithm);
+        validation.algorithms = vec![key_algorithm];
+        validation.leeway = inner.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&inner.audience.issuer]);
+        validation.set_audience(&[inner.audience.service_audience()]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        match jsonwebtoken::decode::<ServiceClaims>(token, &key, &validation) {
+            Ok(data) => self.check_lifetime(data.claims.iat, data.claims.exp).map(|()| data.claims),
+            Err(error) if matches!(error.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
+                Err(AuthError::Expired)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "service token rejected");
+                Err(AuthError::Invalid)
+            }
+        }
     }
 
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
@@ -426,5 +492,127 @@ mod tests {
         )
         .unwrap();
         assert_eq!(verifier.verify(&hs256).await, Err(AuthError::Invalid));
+    }
+
+    mod service_tokens {
+        use base64::Engine as _;
+        use jsonwebtoken::jwk::{
+            AlgorithmParameters, CommonParameters, EllipticCurve, KeyAlgorithm, OctetKeyPairParameters,
+            OctetKeyPairType,
+        };
+        use jsonwebtoken::{EncodingKey, Header};
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+        use super::*;
+
+        struct Issuer {
+            key: EncodingKey,
+            verifier: JwtVerifier,
+            audience: TokenAudience,
+        }
+
+        fn issuer() -> Issuer {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+            let jwk = Jwk {
+                common: CommonParameters {
+                    key_algorithm: Some(KeyAlgorithm::EdDSA),
+                    key_id: Some("k1".into()),
+                    ..CommonParameters::default()
+                },
+                algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                    key_type: OctetKeyPairType::OctetKeyPair,
+                    curve: EllipticCurve::Ed25519,
+                    x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+                }),
+            };
+            let set = JwkSet { keys: vec![jwk] };
+            let source = KeySource::Local(Arc::new(move || {
+                let set = set.clone();
+                Box::pin(async move { Ok(set) })
+            }));
+            let audience = TokenAudience::new("ticketflow-identity", "ticketflow");
+            Issuer {
+                key: EncodingKey::from_ed_der(pkcs8.as_ref()),
+                verifier: JwtVerifier::new(source, audience.clone()),
+                audience,
+            }
+        }
+
+        impl Issuer {
+            fn sign(&self, typ: &str, claims: &impl Serialize) -> String {
+                let header =
+                    Header { kid: Some("k1".into()), typ: Some(typ.into()), ..Header::new(Algorithm::EdDSA) };
+                jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+            }
+
+            fn user_claims(&self) -> Claims {
+                let now = chrono::Utc::now().timestamp();
+                Claims {
+                    sub: Uuid::new_v4(),
+                    email: "a@example.com".into(),
+                    roles: vec![ROLE_ADMIN.into()],
+                    iss: self.audience.issuer.clone(),
+                    aud: self.audience.audience.clone(),
+                    exp: now + 300,
+                    iat: now,
+                    jti: Uuid::new_v4(),
+                }
+            }
+
+            fn service_claims(&self) -> ServiceClaims {
+                let now = chrono::Utc::now().timestamp();
+                ServiceClaims {
+                    sub: "ordering".into(),
+                    scope: SCOPE_SEATS_WRITE.into(),
+                    iss: self.audience.issuer.clone(),
+                    aud: self.audience.service_audience(),
+                    exp: now + 300,
+                    iat: now,
+                    jti: Uuid::new_v4(),
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn a_service_token_verifies_as_a_service_token_only() {
+            let issuer = issuer();
+            let token = issuer.sign(SERVICE_TOKEN_TYPE, &issuer.service_claims());
+            let claims = issuer.verifier.verify_service(&token).await.unwrap();
+            assert_eq!(claims.sub, "ordering");
+            assert!(claims.has_scope(SCOPE_SEATS_WRITE));
+            assert!(!claims.has_scope("seats"));
+            assert_eq!(issuer.verifier.verify(&token).await, Err(AuthError::Invalid));
+        }
+
+        #[tokio::test]
+        async fn a_user_token_never_verifies_as_a_service_token() {
+            let issuer = issuer();
+            let token = issuer.sign(ACCESS_TOKEN_TYPE, &issuer.user_claims());
+            assert!(issuer.verifier.verify(&token).await.is_ok());
+            assert_eq!(issuer.verifier.verify_service(&token).await, Err(AuthError::Invalid));
+            // Even with the service `typ` header, the audience and claims still give it away.
+            let token = issuer.sign(SERVICE_TOKEN_TYPE, &issuer.user_claims());
+            assert_eq!(issuer.verifier.verify_service(&token).await, Err(AuthError::Invalid));
+        }
+
+        #[tokio::test]
+        async fn a_service_token_for_the_users_audience_is_refused() {
+            let issuer = issuer();
+            let mut claims = issuer.service_claims();
+            claims.aud = issuer.audience.audience.clone();
+            let token = issuer.sign(SERVICE_TOKEN_TYPE, &claims);
+            assert_eq!(issuer.verifier.verify_service(&token).await, Err(AuthError::Invalid));
+            assert_eq!(issuer.verifier.verify(&token).await, Err(AuthError::Invalid));
+        }
+
+        #[tokio::test]
+        async fn an_expired_service_token_is_expired() {
+            let issuer = issuer();
+            let mut claims = issuer.service_claims();
+            claims.exp = chrono::Utc::now().timestamp() - 600;
+            let token = issuer.sign(SERVICE_TOKEN_TYPE, &claims);
+            assert_eq!(issuer.verifier.verify_service(&token).await, Err(AuthError::Expired));
+        }
     }
 }

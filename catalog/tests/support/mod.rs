@@ -1,6 +1,9 @@
 //! Starts a catalog in-process for one test: its own database, its own Redis key prefix, ports
-//! picked by the OS, and a generated gRPC client connected to it.
+//! picked by the OS, and a generated gRPC client connected to it that presents a service token
+//! with the `seats:write` scope, as ordering does.
 #![allow(dead_code)] // each test file uses a different part of this module
+
+pub mod issuer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,12 +16,19 @@ use proto::catalog::v1 as pb;
 use proto::catalog::v1::catalog_client::CatalogClient;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// A running catalog and what a test needs to poke at it.
 pub struct TestCatalog {
-    pub client: CatalogClient<Channel>,
+    /// Sends every call with ordering's kind of credential: a service token with `seats:write`.
+    pub client: CatalogClient<InterceptedService<Channel, Bearer>>,
+    /// Sends calls without any credential.
+    pub anonymous: CatalogClient<Channel>,
+    /// Signs the tokens this catalog trusts, unless the test brought its own identity.
+    pub issuer: Option<issuer::TestIssuer>,
     pub grpc_addr: SocketAddr,
     pub service: RunningService,
     /// Dropped after `service`: deletes every Redis key under the test's prefix.
@@ -36,7 +46,11 @@ pub struct Settings {
     /// silently skipped (and the cache assertions with it); tests about a slow or absent Redis set
     /// the production value.
     pub redis_timeout_ms: u64,
-    pub identity_url: String,
+    /// Where catalog fetches its signing keys. Unset: a [`issuer::TestIssuer`] of the test's own.
+    pub identity_url: Option<String>,
+    /// The service token `client` presents; needed with `identity_url`, minted by the test issuer
+    /// otherwise.
+    pub service_token: Option<String>,
     pub sweep_interval_secs: f64,
     pub seed: bool,
     /// Reach Postgres through this address (a `TcpProxy` in front of 127.0.0.1:5432) instead.
@@ -48,8 +62,8 @@ impl Default for Settings {
         Self {
             redis_url: integration::redis_url(),
             redis_timeout_ms: 2000,
-            // Nothing listens here: tests without an identity service never get as far as a token check.
-            identity_url: "http://127.0.0.1:9".to_owned(),
+            identity_url: None,
+            service_token: None,
             sweep_interval_secs: 60.0,
             seed: false,
             postgres_via: None,
@@ -65,6 +79,20 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
     integration::init();
     let names = TestNames::new();
     let db = TestDatabase::create(&names.database("catalog")).await.expect("create the test database");
+    let issuer = match settings.identity_url {
+        Some(_) => None,
+        None => Some(issuer::TestIssuer::start().await),
+    };
+    let identity_url = match (&settings.identity_url, &issuer) {
+        (Some(url), _) => url.clone(),
+        (None, Some(issuer)) => issuer.url.clone(),
+        (None, None) => unreachable!("an issuer is started when no identity is given"),
+    };
+    let service_token = match (settings.service_token, &issuer) {
+        (Some(token), _) => token,
+        (None, Some(issuer)) => issuer.service_token(platform::auth::SCOPE_SEATS_WRITE),
+        (None, None) => String::new(),
+    };
     let vars: HashMap<&'static str, String> = HashMap::from([
         (
             "DATABASE_URL",
@@ -82,7 +110,7 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
         ("REDIS_URL", settings.redis_url),
         ("REDIS_KEY_PREFIX", names.redis_prefix()),
         ("REDIS_TIMEOUT_MS", settings.redis_timeout_ms.to_string()),
-        ("IDENTITY_URL", settings.identity_url),
+        ("IDENTITY_URL", identity_url),
         ("HOLD_SWEEP_INTERVAL_SECS", settings.sweep_interval_secs.to_string()),
         ("SEED_CATALOG", settings.seed.to_string()),
         ("GRPC_REQUEST_TIMEOUT_SECS", "30".to_owned()),
@@ -95,11 +123,31 @@ pub async fn spawn_with(settings: Settings) -> TestCatalog {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let service = RunningService::spawn("catalog", http_addr, shutdown.clone(), app.run(shutdown));
     service.wait_healthy(Duration::from_secs(20)).await.expect("catalog becomes healthy");
-    let client =
-        CatalogClient::connect(format!("http://{grpc_addr}")).await.expect("connect the gRPC client");
+    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        .expect("catalog URL")
+        .connect()
+        .await
+        .expect("connect the gRPC client");
+    let anonymous = CatalogClient::new(channel.clone());
+    let client = CatalogClient::with_interceptor(channel, Bearer(service_token));
     let pool =
         PgPoolOptions::new().max_connections(2).connect(&db.url).await.expect("connect to the test database");
-    TestCatalog { client, grpc_addr, service, redis_keys, pool, names, db }
+    TestCatalog { client, anonymous, issuer, grpc_addr, service, redis_keys, pool, names, db }
+}
+
+/// Puts `authorization: Bearer <token>` on every call that has none of its own (nothing if the
+/// token is empty).
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if !self.0.is_empty() && !request.metadata().contains_key("authorization") {
+            let value = format!("Bearer {}", self.0).parse().map_err(|_| tonic::Status::internal("token"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
 }
 
 /// Deletes the test's Redis keys (`SCAN MATCH <prefix>*` + `DEL`) when dropped, pass or fail, so
@@ -185,8 +233,8 @@ pub fn row(days: i64) -> Row {
 impl TestCatalog {
     /// Stops the catalog gracefully, then deletes the test's Redis keys.
     pub async fn stop(self) {
-        let TestCatalog { client, service, redis_keys, .. } = self;
-        drop(client);
+        let TestCatalog { client, anonymous, service, redis_keys, .. } = self;
+        drop((client, anonymous));
         service.stop().await.expect("catalog stops cleanly");
         drop(redis_keys);
     }

@@ -242,7 +242,11 @@ impl Stack {
         let names = TestNames::new();
 
         let identity_db = TestDatabase::create(&names.database("identity")).await.unwrap();
+        // Ordering's client credentials for catalog's seat calls, made up for this run.
+        let (service_secret, service_client) =
+            identity::service_tokens::generate_client("ordering", platform::auth::SCOPE_SEATS_WRITE).unwrap();
         let identity_vars = vars(&[
+            ("SERVICE_CLIENTS", service_client),
             ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
             ("DATABASE_URL", identity_db.url.clone()),
@@ -289,6 +293,8 @@ impl Stack {
             ("AMQP_URL", integration::amqp_url()),
             ("EVENTS_EXCHANGE", names.exchange()),
             ("OUTBOX_POLL_INTERVAL_MS", "50".to_owned()),
+            ("SERVICE_CLIENT_SECRET", service_secret),
+            ("PAYMENT_PROVIDER", "test".to_owned()),
         ]);
         let app = ordering::App::build(ordering::Config::from_env(&Env::new(&ordering_vars)).unwrap())
             .await

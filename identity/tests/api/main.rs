@@ -7,6 +7,7 @@ mod helpers;
 mod keys;
 mod latency;
 mod registration;
+mod service_tokens;
 mod sessions;
 mod throttling;
 mod verification;

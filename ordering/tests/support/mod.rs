@@ -46,6 +46,11 @@ pub struct Options {
     pub broker_via_proxy: bool,
     /// `OUTBOX_CONFIRM_TIMEOUT_MS`: how long the relay gives one batch.
     pub publish_timeout_ms: u64,
+    /// `PAYMENT_*` variables; the test provider when empty.
+    pub payments: Vec<(&'static str, String)>,
+    /// The default caps on unpaid orders per buyer; otherwise lifted, since most tests place many
+    /// orders as one buyer.
+    pub pending_limits: bool,
 }
 
 impl Default for Options {
@@ -56,6 +61,8 @@ impl Default for Options {
             catalog_via_proxy: false,
             broker_via_proxy: false,
             publish_timeout_ms: 3000,
+            payments: Vec::new(),
+            pending_limits: false,
         }
     }
 }
@@ -71,6 +78,8 @@ pub struct Stack {
     /// The admin port's base URL (`/metrics`, the per-check `/health`).
     pub ordering_admin_url: String,
     identity_url: String,
+    /// Ordering's client secret, for tests that build their own catalog client.
+    service_secret: String,
     /// Ordering's own database, to check what was (not) written.
     pub orders_db: PgPool,
     /// Catalog's gRPC port (never through a proxy).
@@ -112,7 +121,12 @@ pub async fn spawn_with(options: Options) -> Stack {
     let names = TestNames::new();
 
     let identity_db = TestDatabase::create(&names.database("identity")).await.expect("identity database");
+    // Ordering's client credentials, made up for this run: identity stores the secret's hash.
+    let (service_secret, service_client) =
+        identity::service_tokens::generate_client("ordering", platform::auth::SCOPE_SEATS_WRITE)
+            .expect("service client");
     let vars = HashMap::from([
+        ("SERVICE_CLIENTS", service_client),
         ("DATABASE_URL", identity_db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
@@ -174,7 +188,15 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("HOLD_SECONDS", options.hold_seconds.to_string()),
         ("SWEEP_INTERVAL_SECS", options.sweep_interval_secs.to_string()),
         ("IDEMPOTENCY_WAIT_MS", "20000".to_owned()),
+        ("SERVICE_CLIENT_SECRET", service_secret.clone()),
+        ("PAYMENT_PROVIDER", "test".to_owned()),
     ]);
+    let mut vars = vars;
+    vars.extend(options.payments.iter().cloned());
+    if !options.pending_limits {
+        vars.insert("MAX_PENDING_ORDERS_PER_BUYER", "1000".to_owned());
+        vars.insert("MAX_PENDING_SEATS_PER_BUYER", "1000".to_owned());
+    }
     let config = ordering::Config::from_env(&Env::new(&vars)).expect("ordering configuration");
     let app = ordering::App::build(config).await.expect("ordering builds");
     let ordering_admin_url = format!("http://{}", app.admin_addr());
@@ -199,6 +221,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ordering_url: ordering.http_url(),
         ordering_admin_url,
         identity_url,
+        service_secret,
         orders_db,
         catalog_grpc,
         catalog_client,
@@ -267,6 +290,23 @@ impl Stack {
         body["accessToken"].as_str().expect("accessToken").to_owned()
     }
 
+    /// Service tokens as ordering gets them (its client id and secret), for a catalog client of the
+    /// test's own.
+    pub fn service_tokens(&self) -> std::sync::Arc<ordering::service_token::ServiceTokens> {
+        let credentials = ordering::service_token::ClientCredentials {
+            client_id: "ordering".to_owned(),
+            client_secret: self.service_secret.clone(),
+        };
+        std::sync::Arc::new(
+            ordering::service_token::ServiceTokens::new(
+                &self.identity_url,
+                credentials,
+                platform::auth::SCOPE_SEATS_WRITE,
+            )
+            .expect("service tokens"),
+        )
+    }
+
     /// A concert with `capacity` seats at 45.00 EUR, created through catalog's admin API.
     pub async fn concert(&self, capacity: i32) -> Uuid {
         let starts_at = chrono::Utc::now() + chrono::Duration::days(30);
@@ -299,14 +339,18 @@ impl Stack {
         self.catalog_client.clone().update_concert(request).await.expect("update concert");
     }
 
-    /// Holds seats straight through catalog's gRPC API, as ordering does when placing an order.
+    /// Holds seats straight through catalog's gRPC API, as ordering does when placing an order (with
+    /// ordering's service token).
     pub async fn reserve(&self, order_id: Uuid, concert_id: Uuid, quantity: i32) -> pb::SeatHold {
-        let request = pb::ReserveSeatsRequest {
+        let mut request = tonic::Request::new(pb::ReserveSeatsRequest {
             order_id: order_id.to_string(),
             concert_id: concert_id.to_string(),
             quantity,
             hold_seconds: 600,
-        };
+        });
+        let token = self.service_tokens().token().await.expect("a service token");
+        let bearer = format!("Bearer {token}").parse().expect("metadata value");
+        request.metadata_mut().insert("authorization", bearer);
         self.catalog_client.clone().reserve_seats(request).await.expect("reserve seats").into_inner()
     }
 

@@ -109,6 +109,7 @@ impl BinaryStack {
             ("EVENTS_EXCHANGE", names.exchange()),
             ("NOTIFICATIONS_QUEUE", names.queue("notifications")),
         ];
+        let (service_secret, service_client) = service_client("ordering", "seats:write")?;
         let start = |name: &str, own: Vec<(&'static str, String)>| -> anyhow::Result<ServiceProcess> {
             let env = shared.iter().cloned().chain(own);
             ServiceProcess::spawn(name, &binaries::path(name)?, &[], env)
@@ -123,6 +124,7 @@ impl BinaryStack {
                 ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
                 // identity's development key-encryption key (identity::key_encryption), as the launcher sets.
                 ("KEY_ENCRYPTION_KEYS", "dev-only:ZGV2ZWxvcG1lbnQgb25seSwgbm90IGEgc2VjcmV0ISE=".to_owned()),
+                ("SERVICE_CLIENTS", service_client),
             ],
         )?;
         let catalog = start(
@@ -140,6 +142,9 @@ impl BinaryStack {
                 ("LISTEN_ADDR", ordering.to_string()),
                 ("ADMIN_LISTEN_ADDR", ordering_admin.to_string()),
                 ("DATABASE_URL", ordering_db.url.clone()),
+                ("SERVICE_CLIENT_SECRET", service_secret),
+                // The launcher's choice too; never a deployment's.
+                ("PAYMENT_PROVIDER", "test".to_owned()),
             ],
         )?;
         let notifications = start(
@@ -207,4 +212,16 @@ impl Drop for BinaryStack {
             }
         }
     }
+}
+
+/// A client of identity's client-credentials grant with a random secret, made up per stack as the
+/// launcher does: `(secret, SERVICE_CLIENTS entry)` (the entry holds the secret's SHA-256 only).
+pub fn service_client(id: &str, scopes: &str) -> anyhow::Result<(String, String)> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let secret = hex(&bytes);
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    Ok((secret.clone(), format!("{id}:{}:{scopes}", hex(digest.as_ref()))))
 }

@@ -225,6 +225,40 @@ fn url_target(url: &str) -> (String, u16) {
 // ------------------------------------------------------------------------------------------------
 // compose.yaml
 
+/// Variables whose values are secrets: never literal in compose.yaml or the manifests.
+const SECRET_VARIABLES: [&str; 4] =
+    ["SERVICE_CLIENTS", "SERVICE_CLIENT_SECRET", "PAYMENT_API_KEY", "PAYMENT_WEBHOOK_SECRET"];
+
+/// `NAME=value` lines of compose.env.example, the template of the `.env` compose reads secrets from.
+fn compose_env_example() -> BTreeMap<String, String> {
+    read("compose.env.example")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (name, value) = line.split_once('=').expect("NAME=value");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// `value` with each `${NAME}`, `${NAME:?message}` or `${NAME:-default}` replaced from `vars`.
+fn interpolate(value: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("a closing brace") + start;
+        let reference = &rest[start + 2..end];
+        let name = reference.split([':', '-', '?']).next().unwrap_or_default();
+        let value = vars.get(name).unwrap_or_else(|| panic!("compose.env.example has no {name}"));
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 struct Compose {
     doc: Value,
 }
@@ -244,28 +278,14 @@ impl Compose {
         mapping_keys(at(&self.doc, &["services"]))
     }
 
-    /// `environment` as a map, in either of compose's two spellings, with `${NAME:?...}` references
-    /// to the operator's environment resolved to example values.
+    /// `environment` as a map, in either of compose's two spellings, `${NAME}` references filled
+    /// in from compose.env.example as compose fills them from `.env`.
     fn environment(&self, name: &str) -> BTreeMap<String, String> {
-        self.raw_environment(name)
-            .into_iter()
-            .map(|(var, value)| {
-                let value = match required_from_host(&value) {
-                    Some(host_var) => COMPOSE_HOST_EXAMPLES
-                        .iter()
-                        .find(|(known, _)| *known == host_var)
-                        .map(|(_, example)| (*example).to_owned())
-                        .unwrap_or_else(|| {
-                            panic!("{name}: {var} needs {host_var}, which has no example here")
-                        }),
-                    None => value,
-                };
-                (var, value)
-            })
-            .collect()
+        let example = compose_env_example();
+        self.raw_environment(name).into_iter().map(|(k, v)| (k, interpolate(&v, &example))).collect()
     }
 
-    /// `environment` as written.
+    /// `environment` as written, references unresolved.
     fn raw_environment(&self, name: &str) -> BTreeMap<String, String> {
         match at(self.service(name), &["environment"]) {
             Value::Null => BTreeMap::new(),
@@ -1017,7 +1037,7 @@ fn the_image_health_check_probes_each_services_default_port() {
     let none: BTreeMap<String, String> =
         COMPOSE_HOST_EXAMPLES.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     for name in SERVICES {
-        let port = ServiceView::load_or_panic(name, &none, "defaults").probe_addr().port();
+        let port = ServiceView::load_or_panic(name, &required_only(name), "defaults").probe_addr().port();
         assert!(
             dockerfile.contains(&format!("{name}) port={port} ;;")),
             "Dockerfile: the health-port case for {name} must say port={port}, its LISTEN_ADDR default"
@@ -1064,4 +1084,74 @@ fn the_build_context_keeps_everything_compiled_into_the_binaries() {
         assert!(!excluded, ".dockerignore excludes {path}, which the build needs");
         assert!(repo_root().join(path).exists(), "{path} moved: update this list and the Dockerfile");
     }
+}
+
+/// The variables `service` has no default for, with example values: a service refuses to start
+/// without them.
+fn required_only(service: &str) -> BTreeMap<String, String> {
+    match service {
+        "identity" => COMPOSE_HOST_EXAMPLES.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        "ordering" => BTreeMap::from([
+            ("SERVICE_CLIENT_SECRET".to_owned(), "s".repeat(32)),
+            ("PAYMENT_PROVIDER".to_owned(), "test".to_owned()),
+        ]),
+        _ => BTreeMap::new(),
+    }
+}
+
+#[test]
+fn ordering_refuses_to_start_without_its_client_secret_or_a_payment_provider_naming_each() {
+    for missing in ["SERVICE_CLIENT_SECRET", "PAYMENT_PROVIDER"] {
+        let mut vars = required_only("ordering");
+        vars.remove(missing);
+        let Err(error) = ServiceView::load("ordering", &vars) else {
+            panic!("ordering started without {missing}")
+        };
+        assert_eq!(error.name, missing);
+    }
+}
+
+#[test]
+fn deployments_take_payments_through_a_real_processor_never_the_test_provider() {
+    let compose = Compose::load().view("ordering");
+    let k8s = Kubernetes::load().view("ordering");
+    for (file, view) in [("compose.yaml", compose), ("deploy/k8s", k8s)] {
+        let Loaded::Ordering(config) = &view.config else { panic!("{file}: not ordering's config") };
+        assert!(
+            matches!(config.payments, ordering::config::PaymentConfig::PaymentIntents(_)),
+            "{file}: ordering must use PAYMENT_PROVIDER=payment-intents"
+        );
+    }
+}
+
+#[test]
+fn secrets_are_references_in_compose_and_secret_key_refs_in_the_manifests() {
+    let compose = Compose::load();
+    let k8s = Kubernetes::load();
+    let mut seen = BTreeSet::new();
+    for name in SERVICES {
+        for (var, value) in compose.raw_environment(name) {
+            if SECRET_VARIABLES.contains(&var.as_str()) {
+                assert!(
+                    value.contains("${"),
+                    "compose.yaml: {name}: {var} must be a ${{NAME}} reference, not a literal"
+                );
+                seen.insert(var.clone());
+            }
+        }
+        for entry in at(k8s.container(name), &["env"]).as_sequence().into_iter().flatten() {
+            let var = str_at(entry, &["name"]).unwrap_or_default();
+            if SECRET_VARIABLES.contains(&var) {
+                assert!(
+                    str_at(entry, &["valueFrom", "secretKeyRef", "key"]).is_some(),
+                    "deploy/k8s/{name}.yaml: {var} must come from a secretKeyRef"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        SECRET_VARIABLES.iter().map(|s| (*s).to_owned()).collect(),
+        "every secret is configured in compose"
+    );
 }

@@ -43,6 +43,9 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     BadUserInput,
+    /// The resource is not in a state that allows the change (an invalid order transition, a
+    /// lapsed hold, a concurrent change that won): re-read it and decide again.
+    Conflict,
     SoldOut,
     PaymentDeclined,
     RateLimited,
@@ -57,6 +60,7 @@ impl ErrorCode {
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::BadUserInput => "BAD_USER_INPUT",
+            Self::Conflict => "CONFLICT",
             Self::SoldOut => "SOLD_OUT",
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::RateLimited => "RATE_LIMITED",
@@ -77,6 +81,9 @@ pub enum GatewayError {
     NotFound(&'static str),
     #[error("{message}")]
     BadUserInput { field: Option<String>, message: String },
+    /// A change the resource's current state does not allow.
+    #[error("{0}")]
+    Conflict(String),
     #[error("not enough seats left")]
     SoldOut,
     #[error("{0}")]
@@ -115,6 +122,7 @@ impl GatewayError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::BadUserInput { .. } => ErrorCode::BadUserInput,
+            Self::Conflict(_) => ErrorCode::Conflict,
             Self::SoldOut => ErrorCode::SoldOut,
             Self::PaymentDeclined(_) => ErrorCode::PaymentDeclined,
             Self::RateLimited { .. } | Self::TooManySubscriptions { .. } | Self::TooManySockets { .. } => {
@@ -201,8 +209,11 @@ impl GatewayError {
             (409, "sold-out") => Self::SoldOut,
             // The same idempotency key is being processed right now: a moment later it will not be.
             (409, "request-in-progress") => Self::Unavailable(service),
-            // Email taken, an order in a state that does not allow the change, a lapsed hold: the
-            // client asked for something that cannot be done as asked.
+            // The order is not in a state that allows the change (confirming a cancelled or expired
+            // order, cancelling twice, a concurrent change that won): nothing is wrong with the
+            // input, the state moved on.
+            (409, "invalid-transition" | "hold-lapsed") => Self::Conflict(detail),
+            // Email taken: the client asked for something that cannot be done as asked.
             (409, _) => Self::BadUserInput { field: first_field.map(|(field, _)| field), message: detail },
             (429, _) => Self::RateLimited { retry_after_secs: problem.retry_after.unwrap_or(1) },
             // Ordering answered, and says catalog is what is down.
@@ -357,6 +368,19 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn an_order_whose_state_moved_on_is_a_conflict() {
+        for kind in ["invalid-transition", "hold-lapsed"] {
+            let problem = Problem::conflict("an order that is Cancelled cannot become Cancelled").with_type(kind);
+            let (message, extensions) =
+                extensions(GatewayError::from_problem(Service::Ordering, "order", &problem));
+            assert_eq!(extensions["code"], "CONFLICT", "{kind}");
+            assert_eq!(message, "an order that is Cancelled cannot become Cancelled");
+        }
+        let taken = Problem::conflict("an account with this email already exists");
+        assert_eq!(GatewayError::from_problem(Service::Identity, "user", &taken).code(), ErrorCode::BadUserInput);
     }
 
     #[test]

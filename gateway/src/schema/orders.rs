@@ -234,7 +234,8 @@ impl OrderMutations {
     }
 
     /// Pays for a pending order. The test payment provider accepts `tok_visa` and declines
-    /// `tok_declined` (`PAYMENT_DECLINED`).
+    /// `tok_declined` (`PAYMENT_DECLINED`). An order that is no longer pending (cancelled, expired,
+    /// already confirmed) or whose seat hold has lapsed is `CONFLICT`.
     async fn confirm_order(
         &self,
         ctx: &Context<'_>,
@@ -247,7 +248,7 @@ impl OrderMutations {
         Ok(Services::of(ctx).ordering.confirm(&viewer.token, id, &payment_token).await?.into())
     }
 
-    /// Cancels an order and gives its seats back to sale.
+    /// Cancels an order and gives its seats back to sale. An order already cancelled is `CONFLICT`.
     async fn cancel_order(
         &self,
         ctx: &Context<'_>,

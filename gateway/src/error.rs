@@ -49,6 +49,10 @@ pub enum ErrorCode {
     SoldOut,
     PaymentDeclined,
     RateLimited,
+    /// Apollo's automatic persisted queries: the hash is not known (yet); send the query with it.
+    PersistedQueryNotFound,
+    /// Trusted documents are enforced and this document is not one of them.
+    PersistedQueryNotAllowed,
     Unavailable,
     Internal,
 }
@@ -64,6 +68,8 @@ impl ErrorCode {
             Self::SoldOut => "SOLD_OUT",
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::RateLimited => "RATE_LIMITED",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryNotAllowed => "PERSISTED_QUERY_NOT_ALLOWED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -96,6 +102,11 @@ pub enum GatewayError {
     /// Too many WebSockets open from one client address.
     #[error("{message}")]
     TooManySockets { message: String },
+    /// The message is the one Apollo clients look for before sending the full query.
+    #[error("PersistedQueryNotFound")]
+    PersistedQueryNotFound,
+    #[error("this operation is not one of the gateway's trusted documents")]
+    PersistedQueryNotAllowed,
     #[error("{0} is unavailable, try again later")]
     Unavailable(Service),
     /// Something that should not happen; the cause is logged, never shown.
@@ -128,6 +139,8 @@ impl GatewayError {
             Self::RateLimited { .. } | Self::TooManySubscriptions { .. } | Self::TooManySockets { .. } => {
                 ErrorCode::RateLimited
             }
+            Self::PersistedQueryNotFound => ErrorCode::PersistedQueryNotFound,
+            Self::PersistedQueryNotAllowed => ErrorCode::PersistedQueryNotAllowed,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -373,14 +386,18 @@ mod tests {
     #[test]
     fn an_order_whose_state_moved_on_is_a_conflict() {
         for kind in ["invalid-transition", "hold-lapsed"] {
-            let problem = Problem::conflict("an order that is Cancelled cannot become Cancelled").with_type(kind);
+            let problem =
+                Problem::conflict("an order that is Cancelled cannot become Cancelled").with_type(kind);
             let (message, extensions) =
                 extensions(GatewayError::from_problem(Service::Ordering, "order", &problem));
             assert_eq!(extensions["code"], "CONFLICT", "{kind}");
             assert_eq!(message, "an order that is Cancelled cannot become Cancelled");
         }
         let taken = Problem::conflict("an account with this email already exists");
-        assert_eq!(GatewayError::from_problem(Service::Identity, "user", &taken).code(), ErrorCode::BadUserInput);
+        assert_eq!(
+            GatewayError::from_problem(Service::Identity, "user", &taken).code(),
+            ErrorCode::BadUserInput
+        );
     }
 
     #[test]

@@ -82,6 +82,19 @@ pub fn not_acceptable() -> HttpResponse {
     error_response(StatusCode::NOT_ACCEPTABLE, GatewayError::invalid("Accept", message))
 }
 
+/// How an answer may be cached by HTTP caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caching {
+    /// POST: as the schema says (nothing sets it today, so no header).
+    Unspecified,
+    /// GET: `public` answers (a persisted document of public fields, no `Authorization`) are
+    /// `public, max-age=5` when they have no errors; every other GET answer is `no-store`.
+    Get { public: bool },
+}
+
+/// How long shared caches may keep a public answer: short, since seat counts change.
+const PUBLIC_MAX_AGE_SECONDS: u32 = 5;
+
 /// One request as it comes over the wire.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,8 +111,13 @@ struct WireRequest {
 
 impl WireRequest {
     fn into_request(self) -> Result<Request, GatewayError> {
-        let query =
-            self.query.ok_or_else(|| GatewayError::invalid("query", "a GraphQL request needs a query"))?;
+        // A persisted query (APQ, trusted documents) names its document by hash instead.
+        let persisted = self.extensions.as_ref().is_some_and(|e| e.contains_key("persistedQuery"));
+        let query = match self.query {
+            Some(query) => query,
+            None if persisted => String::new(),
+            None => return Err(GatewayError::invalid("query", "a GraphQL request needs a query")),
+        };
         let mut request = Request::new(query);
         if let Some(name) = self.operation_name {
             request = request.operation_name(name);
@@ -143,11 +161,17 @@ fn strict<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayErro
 }
 
 /// The HTTP response for a schema's answer.
-pub fn respond(batch: BatchResponse, media: MediaType) -> HttpResponse {
+pub fn respond(batch: BatchResponse, media: MediaType, caching: Caching) -> HttpResponse {
     let (status, body, cache_control, headers) = match batch {
         BatchResponse::Single(mut response) => {
             let request_error = response.http_headers.remove(&REQUEST_ERROR_MARKER).is_some();
-            let cache_control = response.is_ok().then(|| response.cache_control.value()).flatten();
+            let cache_control = match caching {
+                Caching::Unspecified => response.is_ok().then(|| response.cache_control.value()).flatten(),
+                Caching::Get { public: true } if response.is_ok() && !request_error => {
+                    Some(format!("public, max-age={PUBLIC_MAX_AGE_SECONDS}"))
+                }
+                Caching::Get { .. } => Some("no-store".to_owned()),
+            };
             let headers = std::mem::take(&mut response.http_headers);
             let (status, body) = if request_error && media == MediaType::GraphqlResponseJson {
                 (StatusCode::BAD_REQUEST, request_error_body(&response))
@@ -175,6 +199,10 @@ pub fn respond(batch: BatchResponse, media: MediaType) -> HttpResponse {
         http.headers_mut().insert(header::CACHE_CONTROL, value);
     }
     http.headers_mut().extend(headers);
+    if let Caching::Get { .. } = caching {
+        // One URL answers differently per media type, and per user when a token is sent.
+        http.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
+    }
     http
 }
 
@@ -245,8 +273,13 @@ mod tests {
             parse_body(br#"{"query":"{ a }","variables":null,"operationName":null,"extensions":null}"#)
                 .is_ok()
         );
+        assert!(
+            parse_body(br#"{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"ab"}}}"#).is_ok(),
+            "a persisted query needs no query"
+        );
         for (body, parameter) in [
             (r#"{}"#, "query"),
+            (r#"{"extensions":{}}"#, "query"),
             (r#"{"query":1}"#, "query"),
             (r#"{"query":"{ a }","variables":"x"}"#, "variables"),
             (r#"{"query":"{ a }","operationName":7}"#, "operationName"),

@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ClientIp, Credentials};
 use crate::config::{GraphqlLimits, SocketLimits};
+use crate::documents::{self, Documents};
 use crate::error::GatewayError;
-use crate::graphql_http::{self, MediaType, error_response};
+use crate::graphql_http::{self, Caching, MediaType, error_response};
 use crate::playground;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
@@ -42,6 +43,8 @@ use crate::websocket::{self, SocketRegistry};
 /// What the handlers share.
 pub struct HttpState {
     pub schemas: Schemas,
+    /// Persisted (APQ) and trusted documents.
+    pub documents: Documents,
     pub services: Arc<Services>,
     pub verifier: JwtVerifier,
     pub limits: GraphqlLimits,
@@ -83,7 +86,7 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
         let error = GatewayError::BadUserInput { field: None, message: "request body is too large".into() };
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, error);
     };
-    let batch = match graphql_http::parse_body(&bytes) {
+    let mut batch = match graphql_http::parse_body(&bytes) {
         Ok(batch) => batch,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
     };
@@ -105,7 +108,13 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
             return error_response(StatusCode::TOO_MANY_REQUESTS, error);
         }
     }
-    execute(&state, &parts.headers, client, batch, media).await
+    // A batch with one refused document is refused whole, as a batch that does not parse is.
+    for request in batch.iter_mut() {
+        if let Err(error) = state.documents.resolve(request) {
+            return document_refused(error);
+        }
+    }
+    execute(&state, &parts.headers, client, batch, media, Caching::Unspecified).await
 }
 
 async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> Response {
@@ -130,7 +139,9 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
         return error_response(StatusCode::TOO_MANY_REQUESTS, error);
     }
     let query_string = parts.uri.query().unwrap_or_default();
-    if !query_string.split('&').any(|pair| pair.split('=').next() == Some("query")) {
+    // A persisted query names its document in `extensions` instead.
+    let has = |name: &str| query_string.split('&').any(|pair| pair.split('=').next() == Some(name));
+    if !has("query") && !has("extensions") {
         let error = GatewayError::invalid("query", "a GraphQL request needs a query parameter");
         return error_response(StatusCode::BAD_REQUEST, error);
     }
@@ -144,6 +155,10 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
             return error_response(StatusCode::BAD_REQUEST, error);
         }
     };
+    let resolution = match state.documents.resolve(&mut request) {
+        Ok(resolution) => resolution,
+        Err(error) => return document_refused(error),
+    };
     if !only_queries(&mut request) {
         let error = GatewayError::BadUserInput {
             field: None,
@@ -153,7 +168,27 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, &parts.headers, client, BatchRequest::Single(request), media).await
+    // Shared caches may keep an anonymous answer that is the same for everyone: a document named
+    // by hash (so the URL is short and stable) that reads only public fields.
+    let public = resolution.persisted
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+        && documents::is_public(&mut request);
+    execute(&state, &parts.headers, client, BatchRequest::Single(request), media, Caching::Get { public })
+        .await
+}
+
+/// The answer to a document the persisted-document stores refused. `PersistedQueryNotFound` is a
+/// 200, whatever the media type: Apollo clients stop using persisted queries after a 400, instead
+/// of sending the query with its hash.
+fn document_refused(error: GatewayError) -> Response {
+    match error {
+        GatewayError::PersistedQueryNotFound => {
+            let mut response = error_response(StatusCode::OK, error);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        error => error_response(StatusCode::BAD_REQUEST, error),
+    }
 }
 
 async fn execute(
@@ -162,6 +197,7 @@ async fn execute(
     client: ClientIp,
     mut batch: BatchRequest,
     media: MediaType,
+    caching: Caching,
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
@@ -174,7 +210,7 @@ async fn execute(
         BatchRequest::Single(request) => state.schemas.for_request(request),
         BatchRequest::Batch(_) => &state.schemas.main,
     };
-    graphql_http::respond(schema.execute_batch(batch).await, media)
+    graphql_http::respond(schema.execute_batch(batch).await, media, caching)
 }
 
 async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {

@@ -13,7 +13,8 @@ use support::Stack;
 
 /// Calls to catalog's `operation` so far, from the gateway's metrics.
 async fn catalog_calls(stack: &Stack, operation: &str) -> u64 {
-    let metrics = stack.gateway.http.get(format!("{}/metrics", stack.gateway.admin_url)).send().await.unwrap();
+    let metrics =
+        stack.gateway.http.get(format!("{}/metrics", stack.gateway.admin_url)).send().await.unwrap();
     let text = metrics.text().await.unwrap();
     let operation = format!("operation=\"{operation}\"");
     text.lines()

@@ -97,8 +97,15 @@ async fn control_characters_in_filters_and_forged_cursors_never_black_out_browsi
     }
     let browsing = gateway.data(None, BROWSE, json!({ "first": 5 })).await;
     assert_eq!(browsing["concerts"]["edges"][0]["node"]["id"], concert.as_str());
-    let metrics =
-        gateway.http.get(format!("{}/metrics", gateway.admin_url)).send().await.unwrap().text().await.unwrap();
+    let metrics = gateway
+        .http
+        .get(format!("{}/metrics", gateway.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!catalog_circuit_opened(&metrics), "bad input opened catalog's circuit:\n{metrics}");
 }
 

@@ -268,7 +268,8 @@ async fn what_goes_wrong_reaches_the_app_as_contract_codes() {
     gateway.data(Some(&fan), cancel, json!({ "id": order_id })).await;
     let twice = gateway.graphql(Some(&fan), cancel, json!({ "id": order_id })).await;
     assert_eq!(error_code(&twice).as_deref(), Some("CONFLICT"), "not a valid transition: {twice}");
-    let pay_cancelled = gateway.graphql(Some(&fan), confirm, json!({ "id": order_id, "t": "tok_visa" })).await;
+    let pay_cancelled =
+        gateway.graphql(Some(&fan), confirm, json!({ "id": order_id, "t": "tok_visa" })).await;
     assert_eq!(error_code(&pay_cancelled).as_deref(), Some("CONFLICT"), "{pay_cancelled}");
 
     let not_admin = gateway

@@ -113,6 +113,17 @@ pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> Schemas {
     Schemas { main: main_schema(services, limits, hardening), introspection }
 }
 
+/// Whether `request`'s document parses and is within the query-size and expanded-size limits the
+/// schema's extension holds every operation to (for documents kept for later, see `documents.rs`).
+pub fn within_limits(limits: &GraphqlLimits, request: &mut Request) -> bool {
+    let hardening = Hardening {
+        max_query_bytes: limits.max_query_bytes,
+        max_selections: limits.max_selections,
+        max_root_fields: limits.max_root_fields,
+    };
+    request.parsed_query().is_ok() && hardening.check(request).is_ok()
+}
+
 /// Whether every operation of the document selects only introspection fields at its top level.
 /// Fragments at the top level could select anything, so they count as not introspection.
 pub fn is_introspection(request: &mut Request) -> bool {

@@ -157,9 +157,20 @@ pub fn sdl() -> String {
     builder().finish().sdl()
 }
 
+/// The schema as an Apollo Federation v2 subgraph: `_service { sdl }` prints the SDL with
+/// `@link(url: "https://specs.apollo.dev/federation/v2.5")` and `@key`s, and `_entities` resolves
+/// `Concert` and `Order` by id (see `gateway/tests/federation.rs`).
+pub fn federation_sdl() -> String {
+    builder().finish().sdl_with_options(async_graphql::SDLExportOptions::new().federation())
+}
+
 /// The types, with descriptions for the generic connection types (which have none of their own).
+/// Federation is on so that a router can compose the gateway as a subgraph; clients that do not use
+/// one just see `_entities` and `_service`.
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .enable_federation()
+        .enable_subscription_in_federation()
         .override_output_type_description::<Connection<String, concerts::Concert>>(
             "A page of concerts: `edges` with a cursor each, and `pageInfo` to fetch the next page.",
         )
@@ -320,7 +331,8 @@ mod tests {
             |value: &serde_json::Value| value["description"].as_str().is_none_or(str::is_empty);
         for ty in data["__schema"]["types"].as_array().unwrap() {
             let name = ty["name"].as_str().unwrap();
-            if name.starts_with("__") || builtin.contains(&name) {
+            // `_Service`, `_Entity`, `_Any`: Apollo Federation's own types, described by its spec.
+            if name.starts_with('_') || builtin.contains(&name) {
                 continue;
             }
             if undocumented(ty) {
@@ -332,6 +344,10 @@ mod tests {
                 .flatten()
                 .chain(ty["inputFields"].as_array().into_iter().flatten())
             {
+                // `_service`, `_entities`: Apollo Federation's own fields.
+                if field["name"].as_str().is_some_and(|name| name.starts_with('_')) {
+                    continue;
+                }
                 if undocumented(field) {
                     missing.push(format!("{name}.{}", field["name"]));
                 }
@@ -405,6 +421,15 @@ mod tests {
             "query A { __typename } mutation B { logout(refreshToken: \"x\") }"
         )));
         assert!(!is_introspection(&mut Request::new("{ not valid")));
+    }
+
+    #[test]
+    fn the_federation_sdl_is_a_v2_subgraph_with_concerts_and_orders_keyed_by_id() {
+        let sdl = federation_sdl();
+        assert!(sdl.contains("@link(") && sdl.contains("https://specs.apollo.dev/federation/v2."), "{sdl}");
+        for entity in ["type Concert @key(fields: \"id\")", "type Order @key(fields: \"id\")"] {
+            assert!(sdl.contains(entity), "{entity} missing from:\n{sdl}");
+        }
     }
 
     #[test]

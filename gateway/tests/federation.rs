@@ -101,4 +101,9 @@ async fn a_router_composes_the_gateway_as_a_subgraph_and_resolves_its_entities()
     assert!(hidden["_entities"][1].is_null(), "another's order is not there: {hidden}");
     let anonymous = gateway.graphql(None, ENTITIES, representations).await;
     assert_eq!(error_code(&anonymous).as_deref(), Some("UNAUTHENTICATED"), "{anonymous}");
+
+    // One call cannot make the gateway fetch an unbounded number of orders.
+    let many: Vec<Value> = (0..101).map(|_| json!({ "__typename": "Order", "id": order })).collect();
+    let refused = gateway.graphql(Some(&fan), ENTITIES, json!({ "r": many })).await;
+    assert_eq!(error_code(&refused).as_deref(), Some("BAD_USER_INPUT"), "{refused}");
 }

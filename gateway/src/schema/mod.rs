@@ -72,6 +72,9 @@ const INTROSPECTION_MAX_COMPLEXITY: usize = 2000;
 const INTROSPECTION_MAX_SELECTIONS: usize = 500;
 /// Directives one field may carry, on every schema.
 const MAX_DIRECTIVES_PER_FIELD: usize = 20;
+/// Representations one federation `_entities` call may ask for: each `Order` among them costs
+/// ordering a call, so this is the same bound as a page.
+const MAX_ENTITY_REPRESENTATIONS: usize = paging::MAX_DOWNSTREAM_PAGE;
 
 /// The schemas requests run on.
 pub struct Schemas {
@@ -232,8 +235,46 @@ impl Hardening {
                 self.max_root_fields
             )));
         }
+        if entity_representations(request) > MAX_ENTITY_REPRESENTATIONS {
+            return Err(bad_input(format!(
+                "_entities may resolve at most {MAX_ENTITY_REPRESENTATIONS} representations at once"
+            )));
+        }
         Ok(())
     }
+}
+
+/// How many representations the document's top-level `_entities` fields ask for, literal or from
+/// variables.
+fn entity_representations(request: &mut Request) -> usize {
+    use async_graphql::Value;
+    use async_graphql::parser::types::Selection;
+    // Taken out while the parsed document borrows the request, and put back below.
+    let variables = std::mem::take(&mut request.variables);
+    let count = match request.parsed_query() {
+        Err(_) => 0,
+        Ok(document) => document
+            .operations
+            .iter()
+            .flat_map(|(_, operation)| operation.node.selection_set.node.items.iter())
+            .filter_map(|selection| match &selection.node {
+                Selection::Field(field) if field.node.name.node == "_entities" => {
+                    field.node.get_argument("representations")
+                }
+                _ => None,
+            })
+            .map(|value| {
+                let resolved =
+                    value.node.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(()));
+                match resolved {
+                    Ok(Value::List(items)) => items.len(),
+                    _ => 0,
+                }
+            })
+            .sum(),
+    };
+    request.variables = variables;
+    count
 }
 
 fn bad_input(message: String) -> ServerError {
@@ -430,6 +471,26 @@ mod tests {
         for entity in ["type Concert @key(fields: \"id\")", "type Order @key(fields: \"id\")"] {
             assert!(sdl.contains(entity), "{entity} missing from:\n{sdl}");
         }
+    }
+
+    #[test]
+    fn entity_calls_are_bounded_literal_or_from_variables() {
+        let hardening = Hardening { max_query_bytes: 16384, max_selections: 1000, max_root_fields: 20 };
+        let query = "query($r: [_Any!]!) { _entities(representations: $r) { __typename } }";
+        let representations = |n: usize| {
+            let list: Vec<_> =
+                (0..n).map(|_| serde_json::json!({ "__typename": "Concert", "id": "x" })).collect();
+            async_graphql::Variables::from_json(serde_json::json!({ "r": list }))
+        };
+        let mut within = Request::new(query).variables(representations(MAX_ENTITY_REPRESENTATIONS));
+        assert!(hardening.check(&mut within).is_ok());
+        let mut over = Request::new(query).variables(representations(MAX_ENTITY_REPRESENTATIONS + 1));
+        assert!(hardening.check(&mut over).is_err());
+        let literal = format!(
+            "{{ _entities(representations: [{}]) {{ __typename }} }}",
+            "{__typename: \"Concert\", id: \"x\"} ".repeat(MAX_ENTITY_REPRESENTATIONS + 1)
+        );
+        assert!(hardening.check(&mut Request::new(literal)).is_err());
     }
 
     #[test]

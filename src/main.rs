@@ -126,7 +126,11 @@ macro_rules! launch {
 async fn start_services(stack: &mut Stack) -> anyhow::Result<Urls> {
     // Logins reach identity through the gateway on loopback; trusting its X-Forwarded-For keeps
     // login throttling per real client instead of one shared address.
-    let env = ServiceEnv::new("IDENTITY", ProcessEnv).default("TRUSTED_PROXY_ADDRS", "127.0.0.1");
+    // The launcher is local development: identity's well-known development key-encryption key, unless
+    // IDENTITY_KEY_ENCRYPTION_KEYS names a real one.
+    let env = ServiceEnv::new("IDENTITY", ProcessEnv)
+        .default("TRUSTED_PROXY_ADDRS", "127.0.0.1")
+        .default("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS);
     let (identity, identity_admin) =
         launch!(stack, identity, env, |app| (local(app.http_addr()), local(app.admin_addr())));
 

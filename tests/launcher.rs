@@ -46,8 +46,8 @@ async fn the_launcher_runs_every_service_on_the_given_ports_until_sigterm() {
     )
     .unwrap();
     let _broker = BrokerLeftovers::notification_worker(names.exchange(), &names.queue("notifications"));
-    let [identity, catalog_grpc, catalog_http, ordering, notifications, gateway] =
-        <[_; 6]>::try_from(free_local_addrs(6).unwrap()).unwrap();
+    let [identity, catalog_grpc, catalog_http, ordering, notifications, gateway, admin_a, admin_b, admin_c] =
+        <[_; 9]>::try_from(free_local_addrs(9).unwrap()).unwrap();
 
     // `<SERVICE>_<NAME>` for what each service must have of its own, plain names for shared ones.
     let mut launcher = launcher(vec![
@@ -55,15 +55,18 @@ async fn the_launcher_runs_every_service_on_the_given_ports_until_sigterm() {
         ("REDIS_URL", integration::redis_url()),
         ("AMQP_URL", integration::amqp_url()),
         ("IDENTITY_LISTEN_ADDR", identity.to_string()),
+        ("IDENTITY_ADMIN_LISTEN_ADDR", admin_a.to_string()),
         ("IDENTITY_DATABASE_URL", identity_db.url.clone()),
-        ("CATALOG_LISTEN_ADDR", catalog_http.to_string()),
+        ("CATALOG_ADMIN_LISTEN_ADDR", catalog_http.to_string()),
         ("CATALOG_GRPC_LISTEN_ADDR", catalog_grpc.to_string()),
         ("CATALOG_DATABASE_URL", catalog_db.url.clone()),
         ("ORDERING_LISTEN_ADDR", ordering.to_string()),
+        ("ORDERING_ADMIN_LISTEN_ADDR", admin_b.to_string()),
         ("ORDERING_DATABASE_URL", ordering_db.url.clone()),
-        ("NOTIFICATIONS_LISTEN_ADDR", notifications.to_string()),
+        ("NOTIFICATIONS_ADMIN_LISTEN_ADDR", notifications.to_string()),
         ("NOTIFICATIONS_DATABASE_URL", notifications_db.url.clone()),
         ("GATEWAY_LISTEN_ADDR", gateway.to_string()),
+        ("GATEWAY_ADMIN_LISTEN_ADDR", admin_c.to_string()),
         ("IDENTITY_URL", format!("http://{identity}")),
         ("ORDERING_URL", format!("http://{ordering}")),
         ("CATALOG_GRPC_URL", format!("http://{catalog_grpc}")),
@@ -86,7 +89,7 @@ async fn the_launcher_runs_every_service_on_the_given_ports_until_sigterm() {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let page = http.get(&playground).header("Accept", "text/html").send().await.unwrap();
     assert_eq!(page.status(), 200, "the printed playground URL works");
-    for addr in [identity, catalog_http, ordering, notifications, gateway] {
+    for addr in [identity, catalog_http, ordering, notifications, gateway, admin_a, admin_b, admin_c] {
         let health = http.get(format!("http://{addr}/health")).send().await.unwrap();
         assert_eq!(health.status(), 200, "{addr} serves /health on the port it was given");
     }

@@ -68,7 +68,7 @@ impl Config {
             },
             hold_sweep_interval,
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
-            token_audience: TokenAudience::from_env(env),
+            token_audience: TokenAudience::from_env(env)?,
             seed_catalog: env.bool("SEED_CATALOG", false)?,
             grpc_request_timeout,
             grpc_max_message_bytes: env.int_in(

@@ -32,6 +32,7 @@ async fn spawn_identity() -> Identity {
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", db.url.clone()),
         ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
+        ("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS.to_owned()),
     ]);
     let app = identity::App::build(identity::Config::from_env(&Env::new(&vars)).unwrap()).await.unwrap();
     let shutdown = CancellationToken::new();

@@ -138,7 +138,7 @@ mod tests {
 
     fn verifier() -> JwtVerifier {
         let source = KeySource::Local(Arc::new(|| Box::pin(async { anyhow::bail!("identity is down") })));
-        JwtVerifier::new(source, TokenAudience { issuer: "i".into(), audience: "a".into() })
+        JwtVerifier::new(source, TokenAudience::new("i", "a"))
     }
 
     fn viewer(expires_at: DateTime<Utc>, roles: &[&str]) -> Credentials {
@@ -166,8 +166,9 @@ mod tests {
 
     #[tokio::test]
     async fn keys_that_cannot_be_fetched_mean_identity_is_unavailable() {
-        // A well-formed EdDSA header with a kid, so verification gets as far as the key lookup.
-        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.c2ln";
+        // A well-formed access-token header (EdDSA, at+jwt, a kid), so verification gets as far as the
+        // key lookup.
+        let token = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.c2ln";
         let credentials =
             Credentials::from_authorization(&verifier(), Some(&format!("Bearer {token}"))).await;
         assert_eq!(credentials.viewer().unwrap_err().code(), ErrorCode::Unavailable);

@@ -9,6 +9,8 @@ use std::time::Duration;
 use platform::auth::TokenAudience;
 use platform::breaker::BreakerConfig;
 use platform::config::{ConfigError, Env};
+
+use crate::response_cache::ResponseCacheConfig;
 use platform::http::ConnectionLimits;
 
 /// Everything the gateway needs to run; see [`Config::from_env`] for the variables and defaults.
@@ -30,6 +32,9 @@ pub struct Config {
     pub graphql: GraphqlLimits,
     pub rate_limits: RateLimits,
     pub sockets: SocketLimits,
+    /// `RESPONSE_CACHE_TTL_MS` (1000; 0 turns it off) and `RESPONSE_CACHE_MAX_BYTES` (16 MiB): whole
+    /// answers to anonymous queries of public fields, shared for at most the TTL.
+    pub response_cache: ResponseCacheConfig,
     /// `HTTP_MAX_BODY_BYTES` (128 KiB): the largest request body (or WebSocket message) accepted.
     pub max_body_bytes: usize,
     /// `HTTP_REQUEST_TIMEOUT_SECONDS` (30): a whole HTTP request, downstream calls included.
@@ -247,10 +252,14 @@ impl Config {
             connections: ConnectionLimits::from_env(env)?,
             downstream,
             events,
-            audience: TokenAudience::from_env(env),
+            audience: TokenAudience::from_env(env)?,
             graphql,
             rate_limits,
             sockets,
+            response_cache: ResponseCacheConfig {
+                ttl: Duration::from_millis(env.int_in("RESPONSE_CACHE_TTL_MS", 1000u64, 0..=60_000)?),
+                max_bytes: env.int_in("RESPONSE_CACHE_MAX_BYTES", 16 * 1024 * 1024, 0..=(1u64 << 32))?,
+            },
             max_body_bytes,
             request_timeout: positive(env, "HTTP_REQUEST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             playground_enabled: env.bool("PLAYGROUND_ENABLED", true)?,

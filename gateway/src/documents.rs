@@ -23,17 +23,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_graphql::Request;
-use async_graphql::parser::types::{OperationType, Selection};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{DocumentsConfig, GraphqlLimits, TrustedMode};
 use crate::error::GatewayError;
 use crate::schema;
-
-/// Root fields whose answers are the same for everyone: a GET of a persisted document that selects
-/// only these may be cached by shared HTTP caches.
-const PUBLIC_ROOT_FIELDS: [&str; 3] = ["concerts", "concert", "__typename"];
 
 /// The persisted-document stores, shared by every request.
 pub struct Documents {
@@ -164,20 +159,6 @@ fn persisted_query(request: &Request) -> Result<Option<PersistedQuery>, GatewayE
         ));
     }
     Ok(Some(persisted))
-}
-
-/// Whether every operation of the resolved document is a query selecting only public root fields
-/// (so its answer is the same for every anonymous client). Fragments at the top level could select
-/// anything, so they make it not public.
-pub fn is_public(request: &mut Request) -> bool {
-    let Ok(document) = request.parsed_query() else { return false };
-    document.operations.iter().all(|(_, operation)| {
-        operation.node.ty == OperationType::Query
-            && operation.node.selection_set.node.items.iter().all(|selection| match &selection.node {
-                Selection::Field(field) => PUBLIC_ROOT_FIELDS.contains(&field.node.name.node.as_str()),
-                Selection::FragmentSpread(_) | Selection::InlineFragment(_) => false,
-            })
-    })
 }
 
 /// The lowercase hex SHA-256 of `text`, as APQ and the manifests spell it.
@@ -354,16 +335,5 @@ mod tests {
         assert!(TrustedDocuments::parse(r#"{"format":"other","version":1,"operations":[]}"#).is_err());
         assert!(TrustedDocuments::parse(r#"{"a": 1}"#).is_err());
         assert!(TrustedDocuments::parse("[]").is_err());
-    }
-
-    #[test]
-    fn only_public_root_fields_make_a_cacheable_answer() {
-        assert!(is_public(&mut Request::new(BROWSE)));
-        assert!(is_public(&mut Request::new("query($id: ID!) { concert(id: $id) { title } __typename }")));
-        assert!(!is_public(&mut Request::new("{ concerts { edges { cursor } } me { id } }")));
-        assert!(!is_public(&mut Request::new(
-            "{ ...F } fragment F on QueryRoot { concerts { edges { cursor } } }"
-        )));
-        assert!(!is_public(&mut Request::new("mutation { logout(refreshToken: \"x\") }")));
     }
 }

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::EventsConfig;
 
+/// How long connecting, declaring and binding may take before the consumer starts again.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The fan-out point between the broker and subscriptions. Cheap to clone.
 #[derive(Clone)]
 pub struct OrderEvents {
@@ -83,8 +86,8 @@ impl OrderEvents {
         }
     }
 
-    /// One connection's life; `Ok(true)` if it got as far as consuming.
-    async fn run_session(&self, config: &EventsConfig, shutdown: &CancellationToken) -> lapin::Result<bool> {
+    /// Connects, declares the exchange and this gateway's queue, binds it and starts consuming.
+    async fn attach(&self, config: &EventsConfig) -> lapin::Result<(Connection, String, lapin::Consumer)> {
         let properties = ConnectionProperties::default().with_connection_name("ticketflow-gateway".into());
         let connection = Connection::connect(&config.amqp_url, properties).await?;
         let channel = connection.create_channel().await?;
@@ -113,7 +116,7 @@ impl OrderEvents {
                 FieldTable::default(),
             )
             .await?;
-        let mut consumer = channel
+        let consumer = channel
             .basic_consume(
                 queue.name().clone(),
                 "".into(),
@@ -121,8 +124,26 @@ impl OrderEvents {
                 FieldTable::default(),
             )
             .await?;
+        Ok((connection, queue.name().to_string(), consumer))
+    }
+
+    /// One connection's life; `Ok(true)` if it got as far as consuming.
+    async fn run_session(&self, config: &EventsConfig, shutdown: &CancellationToken) -> lapin::Result<bool> {
+        // A broker that accepts the connection but never answers (overloaded, or restarting) must not
+        // stall the consumer forever: give up and go round the reconnect loop.
+        let (connection, queue, mut consumer) =
+            match tokio::time::timeout(ATTACH_TIMEOUT, self.attach(config)).await {
+                Ok(attached) => attached?,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = ATTACH_TIMEOUT.as_millis(),
+                        "order event consumer could not attach in time"
+                    );
+                    return Ok(false);
+                }
+            };
         self.connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %queue.name(), exchange = %config.exchange, "consuming order events");
+        tracing::info!(queue = %queue, exchange = %config.exchange, "consuming order events");
 
         loop {
             let delivery = tokio::select! {

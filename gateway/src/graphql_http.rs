@@ -12,6 +12,7 @@
 //!   400 naming the parameter.
 
 use async_graphql::{BatchRequest, BatchResponse, Request, Response, Variables};
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::Deserialize;
@@ -26,7 +27,7 @@ pub const JSON: &str = "application/json";
 pub const REQUEST_ERROR_MARKER: HeaderName = HeaderName::from_static("x-ticketflow-request-error");
 
 /// The media type of the response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaType {
     GraphqlResponseJson,
     Json,
@@ -160,18 +161,37 @@ fn strict<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayErro
     })
 }
 
+/// A schema's answer as it goes over HTTP. Cheap to clone (the body is shared), so the response
+/// cache can hand one to many clients.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Whether every response in it is free of errors (only such answers may be cached).
+    pub ok: bool,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> HttpResponse {
+        let mut http = (self.status, self.body).into_response();
+        http.headers_mut().extend(self.headers);
+        http
+    }
+}
+
 /// The HTTP response for a schema's answer.
-pub fn respond(batch: BatchResponse, media: MediaType, caching: Caching) -> HttpResponse {
-    let (status, body, cache_control, headers) = match batch {
+pub fn respond(batch: BatchResponse, media: MediaType) -> HttpResponse {
+    answer(batch, media).into_response()
+}
+
+/// The schema's answer, shaped for `media`.
+pub fn answer(batch: BatchResponse, media: MediaType) -> Answer {
+    let ok = batch.is_ok();
+    let (status, body, cache_control, mut headers) = match batch {
         BatchResponse::Single(mut response) => {
             let request_error = response.http_headers.remove(&REQUEST_ERROR_MARKER).is_some();
-            let cache_control = match caching {
-                Caching::Unspecified => response.is_ok().then(|| response.cache_control.value()).flatten(),
-                Caching::Get { public: true } if response.is_ok() && !request_error => {
-                    Some(format!("public, max-age={PUBLIC_MAX_AGE_SECONDS}"))
-                }
-                Caching::Get { .. } => Some("no-store".to_owned()),
-            };
+            let cache_control = response.is_ok().then(|| response.cache_control.value()).flatten();
             let headers = std::mem::take(&mut response.http_headers);
             let (status, body) = if request_error && media == MediaType::GraphqlResponseJson {
                 (StatusCode::BAD_REQUEST, request_error_body(&response))
@@ -188,22 +208,38 @@ pub fn respond(batch: BatchResponse, media: MediaType, caching: Caching) -> Http
         }
     };
     let body = match body {
-        Ok(body) => body,
+        Ok(body) => Bytes::from(body),
         Err(error) => {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, GatewayError::internal(error));
+            // Logged with its cause by `describe`; the client sees only its code and trace id.
+            let (message, extensions) = GatewayError::internal(error).describe();
+            let body = serde_json::json!({ "errors": [{ "message": message, "extensions": extensions }] });
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, MediaType::Json.content_type());
+            let body = Bytes::from(body.to_string());
+            return Answer { status: StatusCode::INTERNAL_SERVER_ERROR, headers, body, ok: false };
         }
     };
-    let mut http = (status, body).into_response();
-    http.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    headers.insert(header::CONTENT_TYPE, media.content_type());
     if let Some(value) = cache_control.and_then(|value| HeaderValue::from_str(&value).ok()) {
-        http.headers_mut().insert(header::CACHE_CONTROL, value);
+        headers.insert(header::CACHE_CONTROL, value);
     }
-    http.headers_mut().extend(headers);
-    if let Caching::Get { .. } = caching {
+    Answer { status, headers, body, ok }
+}
+
+/// `answer` with the HTTP-cache headers `caching` asks for.
+pub fn with_caching(mut answer: Answer, caching: Caching) -> Answer {
+    if let Caching::Get { public } = caching {
+        let value = if public && answer.ok && answer.status == StatusCode::OK {
+            HeaderValue::from_str(&format!("public, max-age={PUBLIC_MAX_AGE_SECONDS}"))
+                .unwrap_or(HeaderValue::from_static("no-store"))
+        } else {
+            HeaderValue::from_static("no-store")
+        };
+        answer.headers.insert(header::CACHE_CONTROL, value);
         // One URL answers differently per media type, and per user when a token is sent.
-        http.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
+        answer.headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
     }
-    http
+    answer
 }
 
 /// A GraphQL-shaped error body (`{"errors": [...]}`) with an HTTP status, for requests refused

@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ClientIp, Credentials};
 use crate::config::{GraphqlLimits, SocketLimits};
-use crate::documents::{self, Documents};
+use crate::documents::Documents;
 use crate::error::GatewayError;
 use crate::graphql_http::{self, Caching, MediaType, error_response};
 use crate::playground;
+use crate::response_cache;
 use crate::schema::concerts::ConcertLoader;
 use crate::schema::{Schemas, Services};
 use crate::subscriptions::SubscriptionSlots;
@@ -172,7 +173,7 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
     // by hash (so the URL is short and stable) that reads only public fields.
     let public = resolution.persisted
         && !parts.headers.contains_key(header::AUTHORIZATION)
-        && documents::is_public(&mut request);
+        && response_cache::is_public_query(&mut request);
     execute(&state, &parts.headers, client, BatchRequest::Single(request), media, Caching::Get { public })
         .await
 }
@@ -201,16 +202,36 @@ async fn execute(
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
+    let anonymous = matches!(credentials, Credentials::Anonymous);
+    let cache = &state.services.response_cache;
+    let mut shared = None;
+    if let BatchRequest::Single(request) = &mut batch
+        && let Some(key) = cache.key(request, anonymous, media)
+    {
+        if let Some(answer) = cache.cached(&key).await {
+            return graphql_http::with_caching(answer, caching).into_response();
+        }
+        shared = response_cache::is_public_query(request).then_some(key);
+    }
     for request in batch.iter_mut() {
         request.data.insert(credentials.clone());
         request.data.insert(client);
         request.data.insert(ConcertLoader::new(state.services.catalog.clone()));
     }
-    let schema = match &mut batch {
-        BatchRequest::Single(request) => state.schemas.for_request(request),
-        BatchRequest::Batch(_) => &state.schemas.main,
-    };
-    graphql_http::respond(schema.execute_batch(batch).await, media, caching)
+    match batch {
+        BatchRequest::Single(mut request) => {
+            let schema = state.schemas.for_request(&mut request);
+            let execute = async { graphql_http::answer(schema.execute(request).await.into(), media) };
+            let answer = match shared {
+                Some(key) => cache.get_or_execute(key, execute).await,
+                None => execute.await,
+            };
+            graphql_http::with_caching(answer, caching).into_response()
+        }
+        batch @ BatchRequest::Batch(_) => {
+            graphql_http::respond(state.schemas.main.execute_batch(batch).await, media)
+        }
+    }
 }
 
 async fn websocket(state: Arc<HttpState>, mut parts: Parts) -> Response {

@@ -15,6 +15,7 @@ pub mod graphql_http;
 pub mod http;
 pub mod playground;
 pub mod rate_limit;
+pub mod response_cache;
 pub mod schema;
 pub mod subscriptions;
 pub mod websocket;
@@ -38,6 +39,7 @@ use crate::downstream::ordering::OrderingClient;
 use crate::events::OrderEvents;
 use crate::http::HttpState;
 use crate::rate_limit::RateLimiter;
+use crate::response_cache::ResponseCache;
 use crate::schema::Services;
 
 /// A built gateway, listening but not yet serving.
@@ -74,6 +76,7 @@ impl App {
             catalog: Arc::new(CatalogClient::new(&config.downstream)?),
             events: OrderEvents::new(config.events.buffer),
             limiter: RateLimiter::new(&config.rate_limits),
+            response_cache: ResponseCache::new(config.response_cache),
         });
         let schemas = schema::build(services.clone(), &config.graphql);
         let documents = documents::Documents::load(&config.documents, &config.graphql)?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Header};
-use platform::auth::{Claims, TokenAudience};
+use platform::auth::{ACCESS_TOKEN_TYPE, Claims, TokenAudience};
 use uuid::Uuid;
 
 use crate::keys::SigningKeys;
@@ -48,7 +48,11 @@ impl AccessTokens {
             iat,
             jti: Uuid::new_v4(),
         };
-        let header = Header { kid: Some(key.kid.clone()), ..Header::new(Algorithm::EdDSA) };
+        let header = Header {
+            typ: Some(ACCESS_TOKEN_TYPE.to_owned()),
+            kid: Some(key.kid.clone()),
+            ..Header::new(Algorithm::EdDSA)
+        };
         Ok(jsonwebtoken::encode(&header, &claims, &key.encoding_key)?)
     }
 }

@@ -69,6 +69,23 @@ impl Password {
         Ok(Self(raw.to_owned()))
     }
 
+    /// A password for a new account: [`Password::parse`], and not easy to guess (ASVS 5 6.2.4).
+    ///
+    /// zxcvbn matches it against its embedded lists of the most common passwords (30,000 of them),
+    /// English words, names and keyboard patterns, including l33t and reversed variants, and against
+    /// the account's own `user_inputs` (email, display name). A score below 3 ("safely unguessable:
+    /// moderate protection from an offline attack") is refused; passphrases of several words pass.
+    pub fn parse_new(raw: &str, user_inputs: &[&str]) -> Result<Self, &'static str> {
+        let password = Self::parse(raw)?;
+        if zxcvbn::zxcvbn(raw, user_inputs).score() < zxcvbn::Score::Three {
+            return Err(Self::TOO_GUESSABLE);
+        }
+        Ok(password)
+    }
+
+    pub const TOO_GUESSABLE: &'static str = "is too easy to guess: it is a common password, a variation of one, or \
+         made from your email or name; a passphrase of several unrelated words works well";
+
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -169,6 +186,36 @@ mod tests {
         assert!(Password::parse(&"x".repeat(129)).is_err());
         // Characters, not bytes: eight two-byte characters are a valid password.
         assert!(Password::parse("éééééééé").is_ok());
+    }
+
+    #[test]
+    fn common_and_personal_passwords_are_refused_for_new_accounts() {
+        let inputs = ["ada.lovelace@example.com", "Ada Lovelace"];
+        for common in ["password", "password1", "12345678", "qwertyuiop", "iloveyou", "P@ssw0rd", "letmein!"]
+        {
+            assert_eq!(
+                Password::parse_new(common, &inputs).unwrap_err(),
+                Password::TOO_GUESSABLE,
+                "{common}"
+            );
+        }
+        assert!(Password::parse_new("adalovelace", &inputs).is_err(), "the user's own name");
+        // The passphrases the tests and the documentation use.
+        for good in ["correct horse battery staple", "correct horse battery", "tangerine orbit 42 velvet"] {
+            assert!(Password::parse_new(good, &inputs).is_ok(), "{good}");
+        }
+        // Length rules come first.
+        assert_eq!(Password::parse_new("abc", &inputs).unwrap_err(), "must be at least 8 characters");
+    }
+
+    #[test]
+    fn the_strength_check_survives_any_input() {
+        // How long the check takes is measured by the login benchmark, not asserted here.
+        let hostile =
+            ["é".repeat(128), "\u{0}".repeat(128), "👩‍👩‍👧‍👦".repeat(18), "a".repeat(128), "1a".repeat(64)];
+        for raw in &hostile {
+            let _ = Password::parse_new(raw, &["x@example.com", "\u{202e}"]);
+        }
     }
 
     #[test]

@@ -105,7 +105,9 @@ async fn register(
 /// Every field checked, every problem reported at once.
 fn parse_registration(request: &RegisterRequest) -> Result<NewAccount, Error> {
     let email = Email::parse(&request.email);
-    let password = Password::parse(&request.password);
+    // The account's own email and name are the first things an attacker who knows them would try.
+    let password =
+        Password::parse_new(&request.password, &[request.email.trim(), request.display_name.trim()]);
     let display_name = DisplayName::parse(&request.display_name);
     match (email, password, display_name) {
         (Ok(email), Ok(password), Ok(display_name)) => Ok(NewAccount { email, password, display_name }),

@@ -6,6 +6,9 @@
 //! JWKS on an unknown `kid` already find it. An old key stays published until its successor has been
 //! active for longer than an access token lives (plus reload lag), so its last token can still be
 //! verified; then it drops out of the JWKS and, days later, out of the table.
+//!
+//! Private keys are stored sealed under the key-encryption key (`crate::key_encryption`); `open`
+//! re-seals, under the same advisory lock, any row not under the current KEK.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -20,6 +23,8 @@ use jsonwebtoken::jwk::{
 };
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use sqlx::PgPool;
+
+use crate::key_encryption::{KeyEncryptionKeys, Sealed};
 
 /// Serialises key creation and rotation across replicas and the CLI (`pg_advisory_xact_lock` id).
 const KEY_LOCK_ID: i64 = 0x0074_665f_6b65_7973; // "tf_keys"
@@ -50,6 +55,7 @@ struct Loaded {
 /// This replica's view of the signing keys, re-read from the database every `reload_every`.
 pub struct SigningKeys {
     pool: PgPool,
+    keks: KeyEncryptionKeys,
     reload_every: Duration,
     /// How long a superseded key stays in the JWKS.
     keep_published: Duration,
@@ -59,16 +65,19 @@ pub struct SigningKeys {
 }
 
 impl SigningKeys {
-    /// Creates the first key if the database has none, then loads them all.
+    /// Creates the first key if the database has none, re-seals keys not under the current KEK, then
+    /// loads them all.
     pub async fn open(
         pool: PgPool,
+        keks: KeyEncryptionKeys,
         reload_every: Duration,
         access_token_ttl: Duration,
     ) -> anyhow::Result<Self> {
-        ensure_key(&pool).await?;
-        let keys = load(&pool).await?;
+        ensure_key(&pool, &keks).await?;
+        let keys = load(&pool, &keks).await?;
         Ok(Self {
             pool,
+            keks,
             reload_every,
             keep_published: access_token_ttl + reload_every + PUBLISH_MARGIN,
             loaded: RwLock::new(Loaded { keys: Arc::new(keys), loaded_at: Instant::now() }),
@@ -104,7 +113,7 @@ impl SigningKeys {
         let Ok(_guard) = self.reloading.try_lock() else {
             return keys; // another task is reloading; the current keys are still good for now
         };
-        match load(&self.pool).await {
+        match load(&self.pool, &self.keks).await {
             Ok(reloaded) if !reloaded.is_empty() => {
                 let reloaded = Arc::new(reloaded);
                 if let Ok(mut loaded) = self.loaded.write() {
@@ -147,24 +156,89 @@ fn published(
     keys[first..].iter()
 }
 
-/// Creates the first signing key unless one exists. Replicas starting together race here; the
-/// advisory lock lets exactly one of them create it and the others find it.
-pub async fn ensure_key(pool: &PgPool) -> anyhow::Result<()> {
+/// Creates the first signing key unless one exists, and re-seals every key under the current KEK.
+/// Replicas starting together race here; the advisory lock lets exactly one of them create it (and
+/// re-seal) and the others find it done.
+pub async fn ensure_key(pool: &PgPool, keks: &KeyEncryptionKeys) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_LOCK_ID).execute(&mut *tx).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys)").fetch_one(&mut *tx).await?;
     if !exists {
-        let kid = insert_new_key(&mut tx, Duration::ZERO).await?;
+        let kid = insert_new_key(&mut tx, keks, Duration::ZERO).await?;
         tracing::info!(key.id = %kid, "created the first signing key");
     }
+    reseal_in(&mut tx, keks).await?;
     tx.commit().await?;
     Ok(())
 }
 
+/// What [`reseal`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resealed {
+    /// Keys stored in plain text before encryption at rest, now sealed.
+    pub from_plain_text: u64,
+    /// Keys sealed under an older KEK, now under the current one.
+    pub from_older_keks: u64,
+}
+
+/// Seals every signing key under the current KEK: plain-text rows (written before encryption at rest)
+/// and rows sealed under an older KEK still listed in `KEY_ENCRYPTION_KEYS`. After it, the older KEKs
+/// can be removed from the configuration. Runs at every start-up, and as `identity rewrap-keys`.
+pub async fn reseal(pool: &PgPool, keks: &KeyEncryptionKeys) -> anyhow::Result<Resealed> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_LOCK_ID).execute(&mut *tx).await?;
+    let resealed = reseal_in(&mut tx, keks).await?;
+    tx.commit().await?;
+    Ok(resealed)
+}
+
+async fn reseal_in(tx: &mut sqlx::PgConnection, keks: &KeyEncryptionKeys) -> anyhow::Result<Resealed> {
+    type Row = (String, Vec<u8>, Option<String>);
+    let stale: Vec<Row> = sqlx::query_as(
+        "SELECT kid, private_key, kek_id FROM signing_keys WHERE kek_id IS DISTINCT FROM $1 FOR UPDATE",
+    )
+    .bind(keks.current_id())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut resealed = Resealed::default();
+    for (kid, stored, kek_id) in stale {
+        let private_key = match kek_id {
+            None => {
+                resealed.from_plain_text += 1;
+                stored
+            }
+            Some(kek_id) => {
+                resealed.from_older_keks += 1;
+                keks.open(&kid, &Sealed { kek_id, blob: stored })?
+            }
+        };
+        let sealed = keks.seal(&kid, &private_key)?;
+        sqlx::query("UPDATE signing_keys SET private_key = $2, kek_id = $3 WHERE kid = $1")
+            .bind(&kid)
+            .bind(&sealed.blob)
+            .bind(&sealed.kek_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if resealed != Resealed::default() {
+        tracing::info!(
+            keys.from_plain_text = resealed.from_plain_text,
+            keys.from_older_keks = resealed.from_older_keks,
+            kek.id = keks.current_id(),
+            "sealed signing keys under the current key-encryption key"
+        );
+    }
+    Ok(resealed)
+}
+
 /// Adds a new signing key that takes over after `activate_after`, and deletes keys superseded long
 /// ago. Returns the new key id. Running replicas pick the key up at their next reload.
-pub async fn rotate(pool: &PgPool, activate_after: Duration) -> anyhow::Result<String> {
+pub async fn rotate(
+    pool: &PgPool,
+    keks: &KeyEncryptionKeys,
+    activate_after: Duration,
+) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(KEY_LOCK_ID).execute(&mut *tx).await?;
     // With no key yet there is nothing to hand over from: a delayed first key would leave identity
@@ -172,7 +246,7 @@ pub async fn rotate(pool: &PgPool, activate_after: Duration) -> anyhow::Result<S
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys)").fetch_one(&mut *tx).await?;
     let activate_after = if exists { activate_after } else { Duration::ZERO };
-    let kid = insert_new_key(&mut tx, activate_after).await?;
+    let kid = insert_new_key(&mut tx, keks, activate_after).await?;
     let deleted = sqlx::query(
         "DELETE FROM signing_keys k
          WHERE EXISTS (SELECT 1 FROM signing_keys n
@@ -188,7 +262,11 @@ pub async fn rotate(pool: &PgPool, activate_after: Duration) -> anyhow::Result<S
     Ok(kid)
 }
 
-async fn insert_new_key(tx: &mut sqlx::PgConnection, activate_after: Duration) -> anyhow::Result<String> {
+async fn insert_new_key(
+    tx: &mut sqlx::PgConnection,
+    keks: &KeyEncryptionKeys,
+    activate_after: Duration,
+) -> anyhow::Result<String> {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
@@ -196,12 +274,14 @@ async fn insert_new_key(tx: &mut sqlx::PgConnection, activate_after: Duration) -
         .map_err(|e| anyhow::anyhow!("new Ed25519 key rejected: {e}"))?;
     let public = pair.public_key().as_ref().to_vec();
     let kid = key_id(&public)?;
+    let sealed = keks.seal(&kid, pkcs8.as_ref())?;
     sqlx::query(
-        "INSERT INTO signing_keys (kid, private_key, public_key, activates_at)
-         VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))",
+        "INSERT INTO signing_keys (kid, private_key, kek_id, public_key, activates_at)
+         VALUES ($1, $2, $3, $4, clock_timestamp() + make_interval(secs => $5))",
     )
     .bind(&kid)
-    .bind(pkcs8.as_ref())
+    .bind(&sealed.blob)
+    .bind(&sealed.kek_id)
     .bind(&public)
     .bind(activate_after.as_secs_f64())
     .execute(&mut *tx)
@@ -209,15 +289,21 @@ async fn insert_new_key(tx: &mut sqlx::PgConnection, activate_after: Duration) -
     Ok(kid)
 }
 
-async fn load(pool: &PgPool) -> anyhow::Result<Vec<SigningKey>> {
-    type Row = (String, Vec<u8>, Vec<u8>, DateTime<Utc>);
+async fn load(pool: &PgPool, keks: &KeyEncryptionKeys) -> anyhow::Result<Vec<SigningKey>> {
+    type Row = (String, Vec<u8>, Option<String>, Vec<u8>, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT kid, private_key, public_key, activates_at FROM signing_keys ORDER BY activates_at",
+        "SELECT kid, private_key, kek_id, public_key, activates_at FROM signing_keys ORDER BY activates_at",
     )
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(|(kid, private, public, activates_at)| {
+        .map(|(kid, stored, kek_id, public, activates_at)| {
+            // A plain-text row can only be one written by an older binary since start-up (which sealed
+            // the rest); it is sealed at the next start or `identity rewrap-keys`.
+            let private = match kek_id {
+                Some(kek_id) => keks.open(&kid, &Sealed { kek_id, blob: stored })?,
+                None => stored,
+            };
             // Parsing proves the private key is well-formed and belongs to the stored public key.
             let pair = Ed25519KeyPair::from_pkcs8(&private)
                 .map_err(|e| anyhow::anyhow!("signing key {kid} is unusable: {e}"))?;

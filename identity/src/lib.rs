@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod key_encryption;
 pub mod keys;
 pub mod passwords;
 pub mod refresh_tokens;
@@ -63,7 +64,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let pool = platform::db::prepare(&config.database, &MIGRATOR).await?;
         let keys = Arc::new(
-            SigningKeys::open(pool.clone(), config.signing_keys_reload, config.access_token_ttl).await?,
+            SigningKeys::open(
+                pool.clone(),
+                config.key_encryption.clone(),
+                config.signing_keys_reload,
+                config.access_token_ttl,
+            )
+            .await?,
         );
         let hasher = PasswordHasher::new(config.max_concurrent_hashes).await?;
         let accounts = Accounts::new(pool.clone(), hasher.clone());

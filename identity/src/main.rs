@@ -28,6 +28,9 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         activate_after_secs: u64,
     },
+    /// Seal every signing key under the current key-encryption key (the first of KEY_ENCRYPTION_KEYS),
+    /// as start-up does; afterwards the older key-encryption keys can be removed from the list.
+    RewrapKeys,
 }
 
 #[tokio::main]
@@ -50,12 +53,28 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::RotateSigningKey { activate_after_secs } => {
             let activate_after = Duration::from_secs(activate_after_secs);
-            let kid =
-                operator_command(identity::admin::rotate_signing_key(&config.database.url, activate_after))
-                    .await;
+            let kid = operator_command(identity::admin::rotate_signing_key(
+                &config.database.url,
+                &config.key_encryption,
+                activate_after,
+            ))
+            .await;
             println!(
                 "new signing key {kid} starts signing in {activate_after_secs} s (at once if it is the first \
                  key); running replicas publish it at their next key reload (SIGNING_KEYS_RELOAD_SECS)"
+            );
+            Ok(())
+        }
+        Command::RewrapKeys => {
+            let resealed =
+                operator_command(identity::admin::rewrap_keys(&config.database.url, &config.key_encryption))
+                    .await;
+            println!(
+                "every signing key is sealed under key-encryption key {:?} ({} were in plain text, {} under \
+                 older keys); the older keys can now be removed from KEY_ENCRYPTION_KEYS",
+                config.key_encryption.current_id(),
+                resealed.from_plain_text,
+                resealed.from_older_keks
             );
             Ok(())
         }

@@ -1,12 +1,25 @@
-//! Login throttling: failed logins counted per account and per client address; past a limit, logins
-//! are refused with 429 and `Retry-After` until a lockout passes, without spending a password hash.
+//! Login throttling: failed logins slow down the one guessing, not the account's owner.
+//!
+//! Three counters, each over a window of `LOGIN_FAILURE_WINDOW_SECS`:
+//! - per (account, client address): after `LOGIN_FAILURES_BEFORE_DELAY` free failures every further
+//!   one refuses that pair for a delay doubling from `LOGIN_DELAY_BASE_SECS` up to
+//!   `LOGIN_MAX_DELAY_SECS`. Someone guessing one account from one address is slowed to a crawl; the
+//!   owner at another address is not affected at all, so failures from elsewhere cannot lock them out.
+//! - per client address (IPv6 per /64): `LOGIN_MAX_FAILURES_PER_ADDRESS`, then a lockout of
+//!   `LOGIN_LOCKOUT_SECS`, against one address trying many accounts.
+//! - per account, a ceiling far above the pair's (`LOGIN_MAX_FAILURES_PER_ACCOUNT`) against a
+//!   distributed attack on one account from many addresses. Once reached, only addresses that signed
+//!   in to that account successfully within `LOGIN_KNOWN_ADDRESS_DAYS` still get in: the owner at
+//!   their usual address is never locked out; the cost is that the owner on a new network waits out
+//!   the lockout while such an attack is running.
 //!
 //! The counters live in Postgres rather than in process memory: every replica then enforces the same
 //! limit (with N in-process counters an attacker spreading attempts over replicas would get N times
-//! the guesses), a restart does not wipe them, and the cost (two small statements on a failure) is
+//! the guesses), a restart does not wipe them, and the cost (a few small statements on a failure) is
 //! noise next to the ~20 ms argon2 verification each attempt already pays. Each upsert is one atomic
-//! statement, so concurrent failures never lose a count; attempts already past the check when the
-//! limit is reached still complete, so the overshoot is bounded by the hashing concurrency.
+//! statement, so concurrent failures never lose a count; attempts already past the check when a
+//! limit is reached still complete, so the overshoot is bounded by the hashing concurrency. Known and
+//! unknown emails run the same statements, so timing does not tell them apart.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -19,20 +32,23 @@ use crate::config::ThrottleConfig;
 use crate::domain::Email;
 use crate::error::Error;
 
-/// The counters one login attempt touches, as stored: SHA-256 of the account and address keys.
+/// The counters one login attempt touches, as stored: SHA-256 of the account, address and pair keys.
 #[derive(Debug, Clone)]
 pub struct AttemptKeys {
     account: Vec<u8>,
     address: Vec<u8>,
+    pair: Vec<u8>,
 }
 
 impl AttemptKeys {
-    /// Unknown emails get a counter too, so a throttled response does not reveal whether an account
+    /// Unknown emails get counters too, so a throttled response does not reveal whether an account
     /// exists.
     pub fn new(email: &Email, client: IpAddr) -> Self {
+        let address = address_key(client);
         Self {
             account: sha256(format!("account:{email}").as_bytes()),
-            address: sha256(format!("ip:{}", address_key(client)).as_bytes()),
+            address: sha256(format!("ip:{address}").as_bytes()),
+            pair: sha256(format!("pair:{address}:{email}").as_bytes()),
         }
     }
 }
@@ -48,14 +64,21 @@ impl LoginThrottle {
         Self { pool, config }
     }
 
-    /// `Err(Throttled)` while the account or the address is locked out.
+    /// `Err(Throttled)` while this pair or this address is delayed, or the account's ceiling is
+    /// reached and this address has not signed in to it recently.
     pub async fn check(&self, keys: &AttemptKeys) -> Result<(), Error> {
         let remaining: Option<f64> = sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM max(locked_until) - now())::float8 FROM login_throttle
-             WHERE key IN ($1, $2) AND locked_until > now()",
+             WHERE locked_until > now()
+               AND (key IN ($1, $2)
+                    OR (key = $3 AND NOT EXISTS (
+                          SELECT 1 FROM login_throttle
+                          WHERE key = $1 AND last_success_at > now() - make_interval(secs => $4))))",
         )
-        .bind(&keys.account)
+        .bind(&keys.pair)
         .bind(&keys.address)
+        .bind(&keys.account)
+        .bind(self.config.known_address_for.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
         match remaining {
@@ -66,31 +89,66 @@ impl LoginThrottle {
         }
     }
 
-    /// Counts a failed attempt against the account and the address.
+    /// Counts a failed attempt against the pair (progressive delay), the address and the account.
     pub async fn record_failure(&self, keys: &AttemptKeys) -> Result<(), Error> {
-        self.count_failure(&keys.account, self.config.max_failures_per_account).await?;
-        self.count_failure(&keys.address, self.config.max_failures_per_address).await?;
+        let config = &self.config;
+        // A window older than `window` starts over at one failure. Past the free failures, each one
+        // refuses the pair for base * 2^(n - free - 1), at most `max_delay`.
+        sqlx::query(
+            "INSERT INTO login_throttle AS t (key, failures, window_started_at, locked_until)
+             VALUES ($1, 1, now(), CASE WHEN $2 < 1 THEN now() + make_interval(secs => $4) END)
+             ON CONFLICT (key) DO UPDATE SET
+               failures = CASE WHEN t.window_started_at <= now() - make_interval(secs => $3)
+                               THEN 1 ELSE t.failures + 1 END,
+               window_started_at = CASE WHEN t.window_started_at <= now() - make_interval(secs => $3)
+                                        THEN now() ELSE t.window_started_at END,
+               locked_until = CASE
+                 WHEN t.window_started_at <= now() - make_interval(secs => $3)
+                   THEN CASE WHEN $2 < 1 THEN now() + make_interval(secs => $4) END
+                 WHEN t.failures + 1 > $2
+                   THEN now() + make_interval(secs =>
+                          LEAST($5, $4 * power(2, LEAST(t.failures - $2, 30))::float8))
+                 ELSE t.locked_until END",
+        )
+        .bind(&keys.pair)
+        .bind(config.failures_before_delay)
+        .bind(config.window.as_secs_f64())
+        .bind(config.delay_base.as_secs_f64())
+        .bind(config.max_delay.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        self.count_failure(&keys.address, config.max_failures_per_address).await?;
+        self.count_failure(&keys.account, config.max_failures_per_account).await?;
         Ok(())
     }
 
-    /// A successful login clears the account's failures. The address counter is left alone: one
-    /// account the attacker controls must not reset the budget for guessing everyone else's.
+    /// A successful login clears the pair's failures and remembers the address as one the owner uses,
+    /// which lets it past the account's ceiling. The address and account counters are left alone: one
+    /// account the attacker controls must not reset the budget for guessing everyone else's, and the
+    /// owner signing in must not hand a distributed attack a fresh budget.
     pub async fn record_success(&self, keys: &AttemptKeys) -> Result<(), Error> {
-        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-            .bind(&keys.account)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO login_throttle (key, failures, window_started_at, locked_until, last_success_at)
+             VALUES ($1, 0, now(), NULL, now())
+             ON CONFLICT (key) DO UPDATE SET
+               failures = 0, window_started_at = now(), locked_until = NULL, last_success_at = now()",
+        )
+        .bind(&keys.pair)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    /// Forgets counters whose window and lockout are both over.
+    /// Forgets counters whose window and lockout are both over, unless they remember a recent success.
     pub async fn delete_stale(&self) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "DELETE FROM login_throttle
              WHERE window_started_at < now() - make_interval(secs => $1)
-               AND (locked_until IS NULL OR locked_until < now())",
+               AND (locked_until IS NULL OR locked_until < now())
+               AND (last_success_at IS NULL OR last_success_at < now() - make_interval(secs => $2))",
         )
         .bind(self.config.window.as_secs_f64())
+        .bind(self.config.known_address_for.as_secs_f64())
         .execute(&self.pool)
         .await?
         .rows_affected())

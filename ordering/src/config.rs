@@ -104,7 +104,7 @@ impl Config {
                 )?,
             },
             identity_url: env.url("IDENTITY_URL", "http://127.0.0.1:8081", &["http", "https"])?,
-            audience: TokenAudience::from_env(env),
+            audience: TokenAudience::from_env(env)?,
             hold: Duration::from_secs(env.int_in("HOLD_SECONDS", 600, 1..=3600)?),
             sweep_interval: positive_seconds(env, "SWEEP_INTERVAL_SECS", 5.0)?,
             idempotency: IdempotencyConfig {

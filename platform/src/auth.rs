@@ -4,6 +4,10 @@
 //! re-fetches when a token names a key id it has not seen (rate-limited, so a flood of forged `kid`s
 //! cannot turn into a flood of fetches). Validation is explicit: an algorithm allow-list of asymmetric
 //! algorithms only, `iss`, `aud`, required claims and a small leeway, none of jsonwebtoken's defaults.
+//! Following RFC 8725 and RFC 9068, the header must say `typ: at+jwt` (so an ID token or any other JWT
+//! signed by the same key is not taken for an access token), `iat` may not lie in the future beyond
+//! the leeway, and `exp - iat` may not exceed the configured maximum lifetime (a leaked signing key or
+//! a bug issuing year-long tokens is bounded by every verifier, not only by identity's settings).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,11 +23,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use crate::config::Env;
+use crate::config::{ConfigError, Env};
 use crate::problem::Problem;
 
 /// Algorithms a token may be signed with. Symmetric ones (HS*) and `none` are never accepted.
 pub const ALLOWED_ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+
+/// The JWT `typ` of a TicketFlow access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 
 /// Tokens longer than this are rejected before parsing.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -44,20 +51,37 @@ pub struct Claims {
     pub jti: Uuid,
 }
 
-/// Issuer and audience every service agrees on.
-#[derive(Debug, Clone)]
+/// Issuer, audience and maximum token lifetime every service agrees on.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenAudience {
     pub issuer: String,
     pub audience: String,
+    /// The longest `exp - iat` a verifier accepts; identity refuses to issue anything longer.
+    pub max_lifetime: Duration,
 }
 
 impl TokenAudience {
-    /// `JWT_ISSUER` (default `ticketflow-identity`) and `JWT_AUDIENCE` (default `ticketflow`).
-    pub fn from_env(env: &Env<'_>) -> Self {
-        Self {
+    /// Default of `JWT_MAX_LIFETIME_SECS`: identity's default access-token lifetime.
+    pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(900);
+
+    /// `JWT_ISSUER` (default `ticketflow-identity`), `JWT_AUDIENCE` (default `ticketflow`) and
+    /// `JWT_MAX_LIFETIME_SECS` (default 900, at most one day).
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let default_max = Self::DEFAULT_MAX_LIFETIME.as_secs();
+        Ok(Self {
             issuer: env.string("JWT_ISSUER", "ticketflow-identity"),
             audience: env.string("JWT_AUDIENCE", "ticketflow"),
-        }
+            max_lifetime: Duration::from_secs(env.int_in(
+                "JWT_MAX_LIFETIME_SECS",
+                default_max,
+                1..=86_400,
+            )?),
+        })
+    }
+
+    /// `issuer` and `audience` with the default maximum lifetime.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self { issuer: issuer.into(), audience: audience.into(), max_lifetime: Self::DEFAULT_MAX_LIFETIME }
     }
 }
 
@@ -165,7 +189,7 @@ impl JwtVerifier {
             return Err(AuthError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) || !is_access_token_type(header.typ.as_deref()) {
             return Err(AuthError::Invalid);
         }
         let kid = header.kid.ok_or(AuthError::Invalid)?;
@@ -185,7 +209,7 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
 
         match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
-            Ok(data) => Ok(data.claims),
+            Ok(data) => self.check_lifetime(data.claims),
             Err(error) if matches!(error.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
                 Err(AuthError::Expired)
             }
@@ -194,6 +218,27 @@ impl JwtVerifier {
                 Err(AuthError::Invalid)
             }
         }
+    }
+
+    /// jsonwebtoken checks `exp` and `nbf` only: a token issued "in the future" or for longer than
+    /// identity may issue is a forgery or a broken clock, either way not to be trusted.
+    fn check_lifetime(&self, claims: Claims) -> Result<Claims, AuthError> {
+        let inner = &self.inner;
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(inner.leeway.as_secs()).unwrap_or(i64::MAX);
+        let max_lifetime = i64::try_from(inner.audience.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+        if claims.iat > now.saturating_add(leeway) {
+            tracing::debug!(iat = claims.iat, now, "token rejected: issued in the future");
+            return Err(AuthError::Invalid);
+        }
+        if claims.exp.saturating_sub(claims.iat) > max_lifetime {
+            tracing::debug!(
+                lifetime = claims.exp.saturating_sub(claims.iat),
+                "token rejected: lives too long"
+            );
+            return Err(AuthError::Invalid);
+        }
+        Ok(claims)
     }
 
     async fn key(&self, kid: &str) -> Result<(DecodingKey, Algorithm), AuthError> {
@@ -229,6 +274,14 @@ impl JwtVerifier {
         }
         cache.keys.get(kid).cloned().ok_or(AuthError::Invalid)
     }
+}
+
+/// `at+jwt`, or its full media type `application/at+jwt`, case-insensitively (RFC 9068 §4).
+fn is_access_token_type(typ: Option<&str>) -> bool {
+    typ.is_some_and(|typ| {
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
+    })
 }
 
 fn decoding_keys(set: &JwkSet) -> HashMap<String, (DecodingKey, Algorithm)> {
@@ -331,13 +384,24 @@ mod tests {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Box::pin(async { anyhow::bail!("identity is down") })
         }));
-        let verifier = JwtVerifier::new(source, TokenAudience { issuer: "i".into(), audience: "a".into() });
-        // {"alg":"EdDSA","kid":"k"} . {} . "sig": only the header matters before a key is found.
-        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsifQ.e30.c2ln";
+        let verifier = JwtVerifier::new(source, TokenAudience::new("i", "a"));
+        // {"alg":"EdDSA","typ":"at+jwt","kid":"k"} . {} . "sig": only the header matters before a key
+        // is found.
+        let token = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.e30.c2ln";
         for _ in 0..5 {
             assert!(matches!(verifier.verify(token).await, Err(AuthError::KeysUnavailable(_))));
         }
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_the_access_token_type_is_accepted() {
+        for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert!(is_access_token_type(Some(typ)), "{typ}");
+        }
+        for typ in [None, Some("JWT"), Some("jwt"), Some("id+jwt"), Some("at+jwt2"), Some("")] {
+            assert!(!is_access_token_type(typ), "{typ:?}");
+        }
     }
 
     #[test]
@@ -351,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn unsigned_and_symmetric_tokens_are_rejected_before_any_key_lookup() {
         let source = KeySource::Local(Arc::new(|| Box::pin(async { anyhow::bail!("no keys here") })));
-        let verifier = JwtVerifier::new(source, TokenAudience { issuer: "i".into(), audience: "a".into() });
+        let verifier = JwtVerifier::new(source, TokenAudience::new("i", "a"));
         // {"alg":"none","typ":"JWT"} . {"sub":"x"} .
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.";
         assert!(verifier.verify(none).await.is_err());

@@ -244,7 +244,11 @@ impl ConcertMutations {
             currency: input.currency,
             capacity: input.capacity,
         };
-        Ok(Services::of(ctx).catalog.create_concert(&viewer.token, request).await?.into())
+        let services = Services::of(ctx);
+        let created = services.catalog.create_concert(&viewer.token, request).await?;
+        // Cached pages of the catalogue are now missing a concert.
+        services.response_cache.invalidate_all();
+        Ok(created.into())
     }
 
     /// Changes some fields of a concert (admin only).
@@ -267,7 +271,10 @@ impl ConcertMutations {
             currency: input.currency,
             capacity: input.capacity,
         };
-        Ok(Services::of(ctx).catalog.update_concert(&viewer.token, request).await?.into())
+        let services = Services::of(ctx);
+        let updated = services.catalog.update_concert(&viewer.token, request).await?;
+        services.response_cache.invalidate_all();
+        Ok(updated.into())
     }
 }
 

@@ -32,6 +32,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::events::OrderEvents;
 use crate::graphql_http::REQUEST_ERROR_MARKER;
 use crate::rate_limit::RateLimiter;
+use crate::response_cache::ResponseCache;
 
 /// Everything resolvers call, shared by all requests (schema data).
 pub struct Services {
@@ -40,6 +41,8 @@ pub struct Services {
     pub catalog: Arc<CatalogClient>,
     pub events: OrderEvents,
     pub limiter: RateLimiter,
+    /// Whole answers to public queries; emptied when a concert changes.
+    pub response_cache: ResponseCache,
 }
 
 impl Services {

@@ -54,6 +54,8 @@ impl Gateway {
             ("RATE_LIMIT_BURST", "1000".to_owned()),
             ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
             ("AUTH_RATE_LIMIT_BURST", "100".to_owned()),
+            // Tests watch each request reach the services; tests/response_cache.rs turns it on.
+            ("RESPONSE_CACHE_TTL_MS", "0".to_owned()),
         ]);
         all.extend(vars);
         let config = gateway::Config::from_env(&Env::new(&all)).expect("test configuration is valid");
@@ -246,6 +248,7 @@ impl Stack {
             ("DATABASE_URL", identity_db.url.clone()),
             ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
             ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+            ("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS.to_owned()),
         ]);
         let app = identity::App::build(identity::Config::from_env(&Env::new(&identity_vars)).unwrap())
             .await

@@ -1,5 +1,6 @@
 //! Operator commands: making an admin.
 
+use identity::key_encryption::{DEVELOPMENT_KEY_ENCRYPTION_KEYS, KeyEncryptionKeys};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -49,7 +50,8 @@ async fn rotating_the_key_before_the_service_ever_started_creates_a_key_that_sig
     // The command must create the database itself; the guard still drops it afterwards.
     platform::db::drop_database(&db.url).await.expect("drop the fresh database");
 
-    let kid = identity::admin::rotate_signing_key(&db.url, std::time::Duration::from_secs(120))
+    let keks = KeyEncryptionKeys::parse(DEVELOPMENT_KEY_ENCRYPTION_KEYS).unwrap();
+    let kid = identity::admin::rotate_signing_key(&db.url, &keks, std::time::Duration::from_secs(120))
         .await
         .expect("rotate on a database the service never used");
 

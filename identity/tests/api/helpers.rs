@@ -38,6 +38,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         // Tests run in parallel against one Postgres: a small pool per service keeps them all under
         // the server's connection limit.
         ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
+        ("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS.to_owned()),
     ]
     .into();
     let mut config = Config::from_env(&Env::new(&source)).expect("test configuration");

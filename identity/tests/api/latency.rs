@@ -55,6 +55,7 @@ async fn login_latency() {
     );
 
     let app = spawn_app_with(|c| {
+        c.throttle.failures_before_delay = 100_000;
         c.throttle.max_failures_per_account = 100_000;
         c.throttle.max_failures_per_address = 100_000;
     })

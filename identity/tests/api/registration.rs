@@ -55,6 +55,24 @@ async fn passwords_longer_than_128_characters_are_refused() {
 }
 
 #[tokio::test]
+async fn common_passwords_are_refused_naming_the_field_and_the_rule() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    for common in ["password123", "qwertyuiop", "iloveyou1", "P@ssw0rd!"] {
+        let response = app.register(&email, common, "Common").await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{common}");
+        let problem: Value = response.json().await.unwrap();
+        let message = problem["errors"]["password"].as_str().unwrap_or_default();
+        assert!(message.contains("too easy to guess"), "{common}: {problem}");
+    }
+    // Nor a password made of the account's own email.
+    let response = app.register(&email, &email, "Lazy").await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // The account was never created: a strong password registers it now.
+    assert_eq!(app.register(&email, PASSWORD, "Careful").await.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
 async fn unknown_and_missing_fields_are_rejected_by_name() {
     let app = spawn_app().await;
     let body =

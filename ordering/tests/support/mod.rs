@@ -117,6 +117,7 @@ pub async fn spawn_with(options: Options) -> Stack {
         ("DATABASE_MAX_CONNECTIONS", SERVICE_POOL_SIZE.to_owned()),
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("KEY_ENCRYPTION_KEYS", identity::key_encryption::DEVELOPMENT_KEY_ENCRYPTION_KEYS.to_owned()),
     ]);
     let config = identity::Config::from_env(&Env::new(&vars)).expect("identity configuration");
     let app = identity::App::build(config).await.expect("identity builds");

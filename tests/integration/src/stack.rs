@@ -18,11 +18,14 @@ pub const LOG_FILTER: &str = "info,sqlx=warn,lapin=warn,tower_http=debug";
 #[derive(Debug, Clone, Copy)]
 pub struct StackAddrs {
     pub identity: SocketAddr,
+    pub identity_admin: SocketAddr,
     pub catalog_grpc: SocketAddr,
     pub catalog_http: SocketAddr,
     pub ordering: SocketAddr,
+    pub ordering_admin: SocketAddr,
     pub notifications: SocketAddr,
     pub gateway: SocketAddr,
+    pub gateway_admin: SocketAddr,
 }
 
 /// One database per service that owns one.
@@ -70,9 +73,28 @@ impl BinaryStack {
         )?;
         let broker = BrokerLeftovers::notification_worker(names.exchange(), &names.queue("notifications"));
 
-        let [identity, catalog_grpc, catalog_http, ordering, notifications, gateway] =
-            <[SocketAddr; 6]>::try_from(free_local_addrs(6)?).map_err(|_| anyhow::anyhow!("six ports"))?;
-        let addrs = StackAddrs { identity, catalog_grpc, catalog_http, ordering, notifications, gateway };
+        let [
+            identity,
+            identity_admin,
+            catalog_grpc,
+            catalog_http,
+            ordering,
+            ordering_admin,
+            notifications,
+            gateway,
+            gateway_admin,
+        ] = <[SocketAddr; 9]>::try_from(free_local_addrs(9)?).map_err(|_| anyhow::anyhow!("nine ports"))?;
+        let addrs = StackAddrs {
+            identity,
+            identity_admin,
+            catalog_grpc,
+            catalog_http,
+            ordering,
+            ordering_admin,
+            notifications,
+            gateway,
+            gateway_admin,
+        };
 
         // Like the launcher, every service sees the shared names; each reads the ones it needs.
         let shared = vec![
@@ -95,11 +117,12 @@ impl BinaryStack {
             "identity",
             vec![
                 ("LISTEN_ADDR", identity.to_string()),
-                // Nothing here scrapes the admin ports; any free one keeps parallel stacks apart.
-                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+                ("ADMIN_LISTEN_ADDR", identity_admin.to_string()),
                 ("DATABASE_URL", identity_db.url.clone()),
                 // The launcher's default: logins reach identity through the gateway on loopback.
                 ("TRUSTED_PROXY_ADDRS", "127.0.0.1".to_owned()),
+                // identity's development key-encryption key (identity::key_encryption), as the launcher sets.
+                ("KEY_ENCRYPTION_KEYS", "dev-only:ZGV2ZWxvcG1lbnQgb25seSwgbm90IGEgc2VjcmV0ISE=".to_owned()),
             ],
         )?;
         let catalog = start(
@@ -115,7 +138,7 @@ impl BinaryStack {
             "ordering",
             vec![
                 ("LISTEN_ADDR", ordering.to_string()),
-                ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+                ("ADMIN_LISTEN_ADDR", ordering_admin.to_string()),
                 ("DATABASE_URL", ordering_db.url.clone()),
             ],
         )?;
@@ -128,7 +151,7 @@ impl BinaryStack {
         )?;
         let gateway = start(
             "gateway",
-            vec![("LISTEN_ADDR", gateway.to_string()), ("ADMIN_LISTEN_ADDR", "127.0.0.1:0".to_owned())],
+            vec![("LISTEN_ADDR", gateway.to_string()), ("ADMIN_LISTEN_ADDR", gateway_admin.to_string())],
         )?;
 
         let mut stack = Self {
@@ -154,15 +177,15 @@ impl BinaryStack {
         Ok(stack)
     }
 
-    /// Each process with the address serving its `/health`, in start-up order.
+    /// Each process with its admin address (the per-check `/health`), in start-up order.
     pub fn health_endpoints(&mut self) -> [(&mut ServiceProcess, SocketAddr); 5] {
         let addrs = self.addrs;
         [
-            (&mut self.identity, addrs.identity),
+            (&mut self.identity, addrs.identity_admin),
             (&mut self.catalog, addrs.catalog_http),
-            (&mut self.ordering, addrs.ordering),
+            (&mut self.ordering, addrs.ordering_admin),
             (&mut self.notifications, addrs.notifications),
-            (&mut self.gateway, addrs.gateway),
+            (&mut self.gateway, addrs.gateway_admin),
         ]
     }
 

@@ -244,8 +244,29 @@ impl Compose {
         mapping_keys(at(&self.doc, &["services"]))
     }
 
-    /// `environment` as a map, in either of compose's two spellings.
+    /// `environment` as a map, in either of compose's two spellings, with `${NAME:?...}` references
+    /// to the operator's environment resolved to example values.
     fn environment(&self, name: &str) -> BTreeMap<String, String> {
+        self.raw_environment(name)
+            .into_iter()
+            .map(|(var, value)| {
+                let value = match required_from_host(&value) {
+                    Some(host_var) => COMPOSE_HOST_EXAMPLES
+                        .iter()
+                        .find(|(known, _)| *known == host_var)
+                        .map(|(_, example)| (*example).to_owned())
+                        .unwrap_or_else(|| {
+                            panic!("{name}: {var} needs {host_var}, which has no example here")
+                        }),
+                    None => value,
+                };
+                (var, value)
+            })
+            .collect()
+    }
+
+    /// `environment` as written.
+    fn raw_environment(&self, name: &str) -> BTreeMap<String, String> {
         match at(self.service(name), &["environment"]) {
             Value::Null => BTreeMap::new(),
             Value::Mapping(map) => map.iter().map(|(k, v)| (scalar(k), scalar(v))).collect(),
@@ -311,6 +332,18 @@ impl Compose {
             other => panic!("{name}: depends_on is {other:?}"),
         }
     }
+}
+
+/// Variables compose takes from the operator's shell (`${NAME:?message}`: compose refuses to start
+/// without them), with example values to parse.
+const COMPOSE_HOST_EXAMPLES: [(&str, &str); 1] =
+    [("KEY_ENCRYPTION_KEYS", "kek-1:Q0hBTkdFX01FX29wZW5zc2xfcmFuZF9iYXNlNjRfMzI=")];
+
+/// `NAME` when `value` is exactly `${NAME:?message}`.
+fn required_from_host(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix("${")?.strip_suffix('}')?;
+    let (name, _) = inner.split_once(":?")?;
+    Some(name)
 }
 
 #[test]
@@ -483,8 +516,8 @@ fn assert_one_audience(views: &[ServiceView], file: &str) {
     for view in views {
         if let Some(audience) = view.audience() {
             assert_eq!(
-                (&audience.issuer, &audience.audience),
-                (&identity.issuer, &identity.audience),
+                (&audience.issuer, &audience.audience, audience.max_lifetime),
+                (&identity.issuer, &identity.audience, identity.max_lifetime),
                 "{file}: {} would reject identity's tokens",
                 view.name
             );
@@ -659,6 +692,34 @@ fn k8s_deployments_set_only_variables_each_service_reads_and_every_value_parses(
         .collect();
     let services: BTreeSet<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(deployments, services, "one Deployment per service");
+}
+
+#[test]
+fn the_key_encryption_keys_come_from_secrets_never_from_the_files() {
+    let compose = Compose::load();
+    let raw = compose.raw_environment("identity");
+    let value = raw.get("KEY_ENCRYPTION_KEYS").expect("compose sets identity's KEY_ENCRYPTION_KEYS");
+    assert_eq!(
+        required_from_host(value),
+        Some("KEY_ENCRYPTION_KEYS"),
+        "compose.yaml: KEY_ENCRYPTION_KEYS must be ${{KEY_ENCRYPTION_KEYS:?...}}, required from the shell, not {value:?}"
+    );
+
+    let k8s = Kubernetes::load();
+    let env = at(k8s.container("identity"), &["env"]).as_sequence().cloned().unwrap_or_default();
+    let entry = env
+        .iter()
+        .find(|e| str_at(e, &["name"]) == Some("KEY_ENCRYPTION_KEYS"))
+        .expect("deploy/k8s/identity.yaml sets KEY_ENCRYPTION_KEYS");
+    assert!(entry.get("value").is_none(), "KEY_ENCRYPTION_KEYS is a literal in deploy/k8s/identity.yaml");
+    assert_eq!(
+        str_at(entry, &["valueFrom", "secretKeyRef", "key"]),
+        Some("identity-key-encryption-keys"),
+        "KEY_ENCRYPTION_KEYS comes from the Secret"
+    );
+    // And the documented example parses, with identity's own code (the view): an operator who follows
+    // deploy/README.md gets a Secret identity accepts.
+    k8s.view("identity");
 }
 
 #[test]
@@ -952,7 +1013,9 @@ fn the_kustomization_lists_every_manifest_and_image() {
 #[test]
 fn the_image_health_check_probes_each_services_default_port() {
     let dockerfile = read("Dockerfile");
-    let none = BTreeMap::new();
+    // Defaults everywhere, but for the variables that have none (identity's key-encryption keys).
+    let none: BTreeMap<String, String> =
+        COMPOSE_HOST_EXAMPLES.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     for name in SERVICES {
         let port = ServiceView::load_or_panic(name, &none, "defaults").probe_addr().port();
         assert!(

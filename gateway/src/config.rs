@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use platform::auth::TokenAudience;
@@ -39,6 +41,44 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `PLAYGROUND_ENABLED` (true): serve GraphiQL on `GET /graphql`.
     pub playground_enabled: bool,
+    pub documents: DocumentsConfig,
+}
+
+/// Persisted documents (see `documents.rs`).
+#[derive(Debug, Clone)]
+pub struct DocumentsConfig {
+    /// `APQ_CACHE_BYTES` (8 MiB): documents registered through automatic persisted queries are kept
+    /// up to this many bytes, least recently used out first; 0 turns registration off.
+    pub apq_cache_bytes: u64,
+    /// `TRUSTED_DOCUMENTS` (`off`): `off`, `allow-unlisted` or `enforce`.
+    pub mode: TrustedMode,
+    /// `TRUSTED_DOCUMENTS_PATH` (unset): the manifest, required unless `TRUSTED_DOCUMENTS` is `off`.
+    pub manifest_path: Option<PathBuf>,
+}
+
+/// What the trusted-documents manifest is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustedMode {
+    /// No manifest: any document runs (automatic persisted queries still work).
+    Off,
+    /// The manifest's documents can be sent by id; other documents still run, and are counted
+    /// (`graphql_unlisted_documents_total`): the step before `Enforce`.
+    AllowUnlisted,
+    /// Only the manifest's documents (and introspection while `INTROSPECTION_ENABLED`) run.
+    Enforce,
+}
+
+impl FromStr for TrustedMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "allow-unlisted" => Ok(Self::AllowUnlisted),
+            "enforce" => Ok(Self::Enforce),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Where the services behind the gateway are and how long to wait for them.
@@ -194,6 +234,18 @@ impl Config {
                 max_body_bytes.to_string(),
             ));
         }
+        let documents = DocumentsConfig {
+            apq_cache_bytes: env.int_in("APQ_CACHE_BYTES", 8 * 1024 * 1024, 0..=1024 * 1024 * 1024)?,
+            mode: env.parse("TRUSTED_DOCUMENTS", TrustedMode::Off, "off, allow-unlisted or enforce")?,
+            manifest_path: env.optional("TRUSTED_DOCUMENTS_PATH").map(PathBuf::from),
+        };
+        if documents.mode != TrustedMode::Off && documents.manifest_path.is_none() {
+            return Err(ConfigError::new(
+                "TRUSTED_DOCUMENTS_PATH",
+                "the manifest's path when TRUSTED_DOCUMENTS is not off",
+                "",
+            ));
+        }
         Ok(Self {
             listen_addr: env.socket_addr("LISTEN_ADDR", "0.0.0.0:8080")?,
             admin_listen_addr: env.socket_addr("ADMIN_LISTEN_ADDR", "0.0.0.0:9080")?,
@@ -211,6 +263,7 @@ impl Config {
             max_body_bytes,
             request_timeout: positive(env, "HTTP_REQUEST_TIMEOUT_SECONDS", Duration::from_secs(30))?,
             playground_enabled: env.bool("PLAYGROUND_ENABLED", true)?,
+            documents,
         })
     }
 }
@@ -261,6 +314,18 @@ mod tests {
         assert_eq!((config.graphql.max_selections, config.graphql.max_root_fields), (1000, 20));
         assert_eq!((config.sockets.max_per_ip, config.sockets.max_per_user), (20, 10));
         assert_eq!(config.sockets.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.documents.mode, TrustedMode::Off);
+        assert_eq!(config.documents.apq_cache_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn trusted_documents_need_a_manifest() {
+        let enforced =
+            config(&[("TRUSTED_DOCUMENTS", "enforce"), ("TRUSTED_DOCUMENTS_PATH", "/etc/docs.json")])
+                .unwrap();
+        assert_eq!(enforced.documents.mode, TrustedMode::Enforce);
+        assert_eq!(config(&[("TRUSTED_DOCUMENTS", "enforce")]).unwrap_err().name, "TRUSTED_DOCUMENTS_PATH");
+        assert_eq!(config(&[("TRUSTED_DOCUMENTS", "strict")]).unwrap_err().name, "TRUSTED_DOCUMENTS");
     }
 
     #[test]

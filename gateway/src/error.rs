@@ -43,9 +43,16 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     BadUserInput,
+    /// The resource is not in a state that allows the change (an invalid order transition, a
+    /// lapsed hold, a concurrent change that won): re-read it and decide again.
+    Conflict,
     SoldOut,
     PaymentDeclined,
     RateLimited,
+    /// Apollo's automatic persisted queries: the hash is not known (yet); send the query with it.
+    PersistedQueryNotFound,
+    /// Trusted documents are enforced and this document is not one of them.
+    PersistedQueryNotAllowed,
     Unavailable,
     Internal,
 }
@@ -57,9 +64,12 @@ impl ErrorCode {
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::BadUserInput => "BAD_USER_INPUT",
+            Self::Conflict => "CONFLICT",
             Self::SoldOut => "SOLD_OUT",
             Self::PaymentDeclined => "PAYMENT_DECLINED",
             Self::RateLimited => "RATE_LIMITED",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryNotAllowed => "PERSISTED_QUERY_NOT_ALLOWED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -77,6 +87,9 @@ pub enum GatewayError {
     NotFound(&'static str),
     #[error("{message}")]
     BadUserInput { field: Option<String>, message: String },
+    /// A change the resource's current state does not allow.
+    #[error("{0}")]
+    Conflict(String),
     #[error("not enough seats left")]
     SoldOut,
     #[error("{0}")]
@@ -89,6 +102,11 @@ pub enum GatewayError {
     /// Too many WebSockets open from one client address.
     #[error("{message}")]
     TooManySockets { message: String },
+    /// The message is the one Apollo clients look for before sending the full query.
+    #[error("PersistedQueryNotFound")]
+    PersistedQueryNotFound,
+    #[error("this operation is not one of the gateway's trusted documents")]
+    PersistedQueryNotAllowed,
     #[error("{0} is unavailable, try again later")]
     Unavailable(Service),
     /// Something that should not happen; the cause is logged, never shown.
@@ -115,11 +133,14 @@ impl GatewayError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::BadUserInput { .. } => ErrorCode::BadUserInput,
+            Self::Conflict(_) => ErrorCode::Conflict,
             Self::SoldOut => ErrorCode::SoldOut,
             Self::PaymentDeclined(_) => ErrorCode::PaymentDeclined,
             Self::RateLimited { .. } | Self::TooManySubscriptions { .. } | Self::TooManySockets { .. } => {
                 ErrorCode::RateLimited
             }
+            Self::PersistedQueryNotFound => ErrorCode::PersistedQueryNotFound,
+            Self::PersistedQueryNotAllowed => ErrorCode::PersistedQueryNotAllowed,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
@@ -205,8 +226,11 @@ impl GatewayError {
             }
             // The same idempotency key is being processed right now: a moment later it will not be.
             (409, "request-in-progress") => Self::Unavailable(service),
-            // Email taken, an order in a state that does not allow the change, a lapsed hold: the
-            // client asked for something that cannot be done as asked.
+            // The order is not in a state that allows the change (confirming a cancelled or expired
+            // order, cancelling twice, a concurrent change that won): nothing is wrong with the
+            // input, the state moved on.
+            (409, "invalid-transition" | "hold-lapsed") => Self::Conflict(detail),
+            // Email taken: the client asked for something that cannot be done as asked.
             (409, _) => Self::BadUserInput { field: first_field.map(|(field, _)| field), message: detail },
             (429, _) => Self::RateLimited { retry_after_secs: problem.retry_after.unwrap_or(1) },
             // Ordering answered, and says catalog is what is down.
@@ -361,6 +385,23 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn an_order_whose_state_moved_on_is_a_conflict() {
+        for kind in ["invalid-transition", "hold-lapsed"] {
+            let problem =
+                Problem::conflict("an order that is Cancelled cannot become Cancelled").with_type(kind);
+            let (message, extensions) =
+                extensions(GatewayError::from_problem(Service::Ordering, "order", &problem));
+            assert_eq!(extensions["code"], "CONFLICT", "{kind}");
+            assert_eq!(message, "an order that is Cancelled cannot become Cancelled");
+        }
+        let taken = Problem::conflict("an account with this email already exists");
+        assert_eq!(
+            GatewayError::from_problem(Service::Identity, "user", &taken).code(),
+            ErrorCode::BadUserInput
+        );
     }
 
     #[test]

@@ -83,6 +83,19 @@ pub fn not_acceptable() -> HttpResponse {
     error_response(StatusCode::NOT_ACCEPTABLE, GatewayError::invalid("Accept", message))
 }
 
+/// How an answer may be cached by HTTP caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caching {
+    /// POST: as the schema says (nothing sets it today, so no header).
+    Unspecified,
+    /// GET: `public` answers (a persisted document of public fields, no `Authorization`) are
+    /// `public, max-age=5` when they have no errors; every other GET answer is `no-store`.
+    Get { public: bool },
+}
+
+/// How long shared caches may keep a public answer: short, since seat counts change.
+const PUBLIC_MAX_AGE_SECONDS: u32 = 5;
+
 /// One request as it comes over the wire.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,8 +112,13 @@ struct WireRequest {
 
 impl WireRequest {
     fn into_request(self) -> Result<Request, GatewayError> {
-        let query =
-            self.query.ok_or_else(|| GatewayError::invalid("query", "a GraphQL request needs a query"))?;
+        // A persisted query (APQ, trusted documents) names its document by hash instead.
+        let persisted = self.extensions.as_ref().is_some_and(|e| e.contains_key("persistedQuery"));
+        let query = match self.query {
+            Some(query) => query,
+            None if persisted => String::new(),
+            None => return Err(GatewayError::invalid("query", "a GraphQL request needs a query")),
+        };
         let mut request = Request::new(query);
         if let Some(name) = self.operation_name {
             request = request.operation_name(name);
@@ -208,6 +226,22 @@ pub fn answer(batch: BatchResponse, media: MediaType) -> Answer {
     Answer { status, headers, body, ok }
 }
 
+/// `answer` with the HTTP-cache headers `caching` asks for.
+pub fn with_caching(mut answer: Answer, caching: Caching) -> Answer {
+    if let Caching::Get { public } = caching {
+        let value = if public && answer.ok && answer.status == StatusCode::OK {
+            HeaderValue::from_str(&format!("public, max-age={PUBLIC_MAX_AGE_SECONDS}"))
+                .unwrap_or(HeaderValue::from_static("no-store"))
+        } else {
+            HeaderValue::from_static("no-store")
+        };
+        answer.headers.insert(header::CACHE_CONTROL, value);
+        // One URL answers differently per media type, and per user when a token is sent.
+        answer.headers.insert(header::VARY, HeaderValue::from_static("Accept, Authorization"));
+    }
+    answer
+}
+
 /// A GraphQL-shaped error body (`{"errors": [...]}`) with an HTTP status, for requests refused
 /// before they reach the schema.
 pub fn error_response(status: StatusCode, error: GatewayError) -> HttpResponse {
@@ -275,8 +309,13 @@ mod tests {
             parse_body(br#"{"query":"{ a }","variables":null,"operationName":null,"extensions":null}"#)
                 .is_ok()
         );
+        assert!(
+            parse_body(br#"{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"ab"}}}"#).is_ok(),
+            "a persisted query needs no query"
+        );
         for (body, parameter) in [
             (r#"{}"#, "query"),
+            (r#"{"extensions":{}}"#, "query"),
             (r#"{"query":1}"#, "query"),
             (r#"{"query":"{ a }","variables":"x"}"#, "variables"),
             (r#"{"query":"{ a }","operationName":7}"#, "operationName"),

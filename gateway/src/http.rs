@@ -31,8 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ClientIp, Credentials};
 use crate::config::{GraphqlLimits, SocketLimits};
+use crate::documents::Documents;
 use crate::error::GatewayError;
-use crate::graphql_http::{self, MediaType, error_response};
+use crate::graphql_http::{self, Caching, MediaType, error_response};
 use crate::playground;
 use crate::response_cache;
 use crate::schema::concerts::ConcertLoader;
@@ -43,6 +44,8 @@ use crate::websocket::{self, SocketRegistry};
 /// What the handlers share.
 pub struct HttpState {
     pub schemas: Schemas,
+    /// Persisted (APQ) and trusted documents.
+    pub documents: Documents,
     pub services: Arc<Services>,
     pub verifier: JwtVerifier,
     pub limits: GraphqlLimits,
@@ -84,7 +87,7 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
         let error = GatewayError::BadUserInput { field: None, message: "request body is too large".into() };
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, error);
     };
-    let batch = match graphql_http::parse_body(&bytes) {
+    let mut batch = match graphql_http::parse_body(&bytes) {
         Ok(batch) => batch,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
     };
@@ -106,7 +109,13 @@ async fn graphql_post(State(state): State<Arc<HttpState>>, request: Request) -> 
             return error_response(StatusCode::TOO_MANY_REQUESTS, error);
         }
     }
-    execute(&state, &parts.headers, client, batch, media).await
+    // A batch with one refused document is refused whole, as a batch that does not parse is.
+    for request in batch.iter_mut() {
+        if let Err(error) = state.documents.resolve(request) {
+            return document_refused(error);
+        }
+    }
+    execute(&state, &parts.headers, client, batch, media, Caching::Unspecified).await
 }
 
 async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> Response {
@@ -131,7 +140,9 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
         return error_response(StatusCode::TOO_MANY_REQUESTS, error);
     }
     let query_string = parts.uri.query().unwrap_or_default();
-    if !query_string.split('&').any(|pair| pair.split('=').next() == Some("query")) {
+    // A persisted query names its document in `extensions` instead.
+    let has = |name: &str| query_string.split('&').any(|pair| pair.split('=').next() == Some(name));
+    if !has("query") && !has("extensions") {
         let error = GatewayError::invalid("query", "a GraphQL request needs a query parameter");
         return error_response(StatusCode::BAD_REQUEST, error);
     }
@@ -145,6 +156,10 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
             return error_response(StatusCode::BAD_REQUEST, error);
         }
     };
+    let resolution = match state.documents.resolve(&mut request) {
+        Ok(resolution) => resolution,
+        Err(error) => return document_refused(error),
+    };
     if !only_queries(&mut request) {
         let error = GatewayError::BadUserInput {
             field: None,
@@ -154,7 +169,27 @@ async fn graphql_get(State(state): State<Arc<HttpState>>, request: Request) -> R
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, &parts.headers, client, BatchRequest::Single(request), media).await
+    // Shared caches may keep an anonymous answer that is the same for everyone: a document named
+    // by hash (so the URL is short and stable) that reads only public fields.
+    let public = resolution.persisted
+        && !parts.headers.contains_key(header::AUTHORIZATION)
+        && response_cache::is_public_query(&mut request);
+    execute(&state, &parts.headers, client, BatchRequest::Single(request), media, Caching::Get { public })
+        .await
+}
+
+/// The answer to a document the persisted-document stores refused. `PersistedQueryNotFound` is a
+/// 200, whatever the media type: Apollo clients stop using persisted queries after a 400, instead
+/// of sending the query with its hash.
+fn document_refused(error: GatewayError) -> Response {
+    match error {
+        GatewayError::PersistedQueryNotFound => {
+            let mut response = error_response(StatusCode::OK, error);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        error => error_response(StatusCode::BAD_REQUEST, error),
+    }
 }
 
 async fn execute(
@@ -163,6 +198,7 @@ async fn execute(
     client: ClientIp,
     mut batch: BatchRequest,
     media: MediaType,
+    caching: Caching,
 ) -> Response {
     let authorization = headers.get(header::AUTHORIZATION).map(|value| value.to_str().unwrap_or("invalid"));
     let credentials = Credentials::from_authorization(&state.verifier, authorization).await;
@@ -173,7 +209,7 @@ async fn execute(
         && let Some(key) = cache.key(request, anonymous, media)
     {
         if let Some(answer) = cache.cached(&key).await {
-            return answer.into_response();
+            return graphql_http::with_caching(answer, caching).into_response();
         }
         shared = response_cache::is_public_query(request).then_some(key);
     }
@@ -186,10 +222,11 @@ async fn execute(
         BatchRequest::Single(mut request) => {
             let schema = state.schemas.for_request(&mut request);
             let execute = async { graphql_http::answer(schema.execute(request).await.into(), media) };
-            match shared {
-                Some(key) => cache.get_or_execute(key, execute).await.into_response(),
-                None => execute.await.into_response(),
-            }
+            let answer = match shared {
+                Some(key) => cache.get_or_execute(key, execute).await,
+                None => execute.await,
+            };
+            graphql_http::with_caching(answer, caching).into_response()
         }
         batch @ BatchRequest::Batch(_) => {
             graphql_http::respond(state.schemas.main.execute_batch(batch).await, media)

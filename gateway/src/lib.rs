@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod documents;
 pub mod downstream;
 pub mod error;
 pub mod events;
@@ -78,9 +79,18 @@ impl App {
             response_cache: ResponseCache::new(config.response_cache),
         });
         let schemas = schema::build(services.clone(), &config.graphql);
+        let documents = documents::Documents::load(&config.documents, &config.graphql)?;
+        if config.documents.mode != config::TrustedMode::Off {
+            tracing::info!(
+                trusted.mode = ?config.documents.mode,
+                trusted.documents = documents.trusted_count(),
+                "trusted documents loaded"
+            );
+        }
         let sockets_shutdown = CancellationToken::new();
         let state = Arc::new(HttpState {
             schemas,
+            documents,
             services: services.clone(),
             verifier,
             limits: config.graphql,

@@ -4,13 +4,19 @@
 //! `assets/README.md`) and are served under `/assets/<version>/`, with the version in the path so
 //! they can be cached for a year. The page loads nothing from anywhere else, which its Content
 //! Security Policy enforces.
+//!
+//! It opens with the README's "Try it" operations as ready tabs (`assets/playground-tabs.json`,
+//! embedded in the page as inert JSON that `playground.js` reads, so no inline script is needed);
+//! `trusted-documents.example.json` lists exactly those documents, so they also run where trusted
+//! documents are enforced.
 
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-/// Part of every asset URL; bump it when any asset changes.
-pub const ASSET_VERSION: &str = concat!("graphiql-3.8.3-", env!("CARGO_PKG_VERSION"));
+/// Part of every asset URL; bump it when any asset changes (the revision: `playground.js` learnt
+/// the ready tabs in r2).
+pub const ASSET_VERSION: &str = concat!("graphiql-3.8.3-", env!("CARGO_PKG_VERSION"), "-r2");
 
 struct Asset {
     name: &'static str,
@@ -66,6 +72,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
      img-src 'self' data:; font-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; \
      base-uri 'none'; form-action 'none'";
 
+/// The playground's ready tabs: GraphiQL's `defaultTabs` (`query`, `variables`, `headers`).
+const TABS: &str = include_str!("../assets/playground-tabs.json");
+
 /// The playground page.
 pub fn page() -> Response {
     let mut response = Html(html()).into_response();
@@ -89,6 +98,7 @@ fn html() -> String {
 </head>
 <body>
   <div id="graphiql">Loading the playground…</div>
+  <script type="application/json" id="playground-tabs">{tabs}</script>
   <script src="/assets/{v}/react.production.min.js"></script>
   <script src="/assets/{v}/react-dom.production.min.js"></script>
   <script src="/assets/{v}/graphiql.min.js"></script>
@@ -96,7 +106,9 @@ fn html() -> String {
 </body>
 </html>
 "#,
-        v = ASSET_VERSION
+        v = ASSET_VERSION,
+        // Inert data, but `</script>` inside it would still end the element.
+        tabs = TABS.replace("</", "<\\/")
     )
 }
 
@@ -133,6 +145,30 @@ mod tests {
             assert!(html.contains(&format!("/assets/{ASSET_VERSION}/{name}")), "{name}");
             assert!(ASSETS.iter().any(|asset| asset.name == name));
         }
+    }
+
+    #[test]
+    fn the_ready_tabs_are_the_readme_operations_and_all_trusted_in_the_example_manifest() {
+        let tabs: Vec<serde_json::Value> = serde_json::from_str(TABS).unwrap();
+        let names: Vec<&str> = tabs
+            .iter()
+            .map(|tab| {
+                let query = tab["query"].as_str().unwrap();
+                let operation = query.lines().find(|line| !line.starts_with('#')).unwrap();
+                operation.split(['(', ' ']).nth(1).unwrap()
+            })
+            .collect();
+        assert_eq!(names, ["Browse", "Register", "Login", "Place", "Pay", "Mine", "Live"]);
+        let manifest: std::collections::HashMap<String, String> =
+            serde_json::from_str(include_str!("../trusted-documents.example.json")).unwrap();
+        for tab in &tabs {
+            let query = tab["query"].as_str().unwrap();
+            assert_eq!(manifest.get(&crate::documents::sha256_hex(query)).map(String::as_str), Some(query));
+            assert!(async_graphql::parser::parse_query(query).is_ok(), "{query}");
+        }
+        assert_eq!(manifest.len(), tabs.len());
+        assert!(tabs[0]["query"].as_str().unwrap().contains("Authorization"), "the auth header is explained");
+        assert!(html().contains("id=\"playground-tabs\""));
     }
 
     #[tokio::test]

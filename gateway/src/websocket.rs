@@ -299,7 +299,16 @@ async fn handle(
                     .await
                     .map_err(|()| Outcome::Gone);
             }
-            let stream = state.schemas.main.execute_stream_with_session_data(*payload, data.clone());
+            let mut payload = *payload;
+            // Persisted and trusted documents hold over WebSocket as over HTTP.
+            if let Err(error) = state.documents.resolve(&mut payload) {
+                let (message, extensions) = error.describe();
+                let payload = json!([{ "message": message, "extensions": extensions }]);
+                return send(sink, &json!({ "type": "error", "id": id, "payload": payload }))
+                    .await
+                    .map_err(|()| Outcome::Gone);
+            }
+            let stream = state.schemas.main.execute_stream_with_session_data(payload, data.clone());
             operations.insert(id, stream.map(Some).chain(stream::once(async { None })).boxed());
             Ok(())
         }

@@ -267,7 +267,20 @@ async fn what_goes_wrong_reaches_the_app_as_contract_codes() {
     let cancel = "mutation($id: ID!) { cancelOrder(id: $id) { status } }";
     gateway.data(Some(&fan), cancel, json!({ "id": order_id })).await;
     let twice = gateway.graphql(Some(&fan), cancel, json!({ "id": order_id })).await;
-    assert_eq!(error_code(&twice).as_deref(), Some("BAD_USER_INPUT"), "not a valid transition: {twice}");
+    assert_eq!(error_code(&twice).as_deref(), Some("CONFLICT"), "not a valid transition: {twice}");
+    let pay_cancelled =
+        gateway.graphql(Some(&fan), confirm, json!({ "id": order_id, "t": "tok_visa" })).await;
+    assert_eq!(error_code(&pay_cancelled).as_deref(), Some("CONFLICT"), "{pay_cancelled}");
+    // Two devices cancel the same order at once: one cancels it, the other hears CONFLICT.
+    let racing = gateway.data(Some(&fan), place, json!({ "c": tiny, "q": 1, "k": "f" })).await;
+    let racing = json!({ "id": racing["placeOrder"]["id"] });
+    let (first, second) = tokio::join!(
+        gateway.graphql(Some(&fan), cancel, racing.clone()),
+        gateway.graphql(Some(&fan), cancel, racing.clone())
+    );
+    let mut codes = [error_code(&first), error_code(&second)];
+    codes.sort();
+    assert_eq!(codes, [None, Some("CONFLICT".to_owned())], "{first} {second}");
 
     let not_admin = gateway
         .graphql(

@@ -208,6 +208,17 @@ impl ConcertQueries {
             None => Err(GatewayError::NotFound("concert").into()),
         }
     }
+
+    /// Federation: resolves a `Concert` entity (`@key(fields: "id")`) for a router, through the
+    /// request's loader, so all representations of one `_entities` call cost one catalog call.
+    #[graphql(entity)]
+    async fn find_concert_by_id(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(key, desc = "The concert's id.")] id: ID,
+    ) -> async_graphql::Result<Option<Concert>> {
+        load_concert(ctx, parse_id(&id, "id")?).await
+    }
 }
 
 /// Managing concerts (role `admin`).

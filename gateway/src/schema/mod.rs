@@ -75,6 +75,9 @@ const INTROSPECTION_MAX_COMPLEXITY: usize = 2000;
 const INTROSPECTION_MAX_SELECTIONS: usize = 500;
 /// Directives one field may carry, on every schema.
 const MAX_DIRECTIVES_PER_FIELD: usize = 20;
+/// Representations one federation `_entities` call may ask for: each `Order` among them costs
+/// ordering a call, so this is the same bound as a page.
+const MAX_ENTITY_REPRESENTATIONS: usize = paging::MAX_DOWNSTREAM_PAGE;
 
 /// The schemas requests run on.
 pub struct Schemas {
@@ -116,6 +119,17 @@ pub fn build(services: Arc<Services>, limits: &GraphqlLimits) -> Schemas {
     Schemas { main: main_schema(services, limits, hardening), introspection }
 }
 
+/// Whether `request`'s document parses and is within the query-size and expanded-size limits the
+/// schema's extension holds every operation to (for documents kept for later, see `documents.rs`).
+pub fn within_limits(limits: &GraphqlLimits, request: &mut Request) -> bool {
+    let hardening = Hardening {
+        max_query_bytes: limits.max_query_bytes,
+        max_selections: limits.max_selections,
+        max_root_fields: limits.max_root_fields,
+    };
+    request.parsed_query().is_ok() && hardening.check(request).is_ok()
+}
+
 /// Whether every operation of the document selects only introspection fields at its top level.
 /// Fragments at the top level could select anything, so they count as not introspection.
 pub fn is_introspection(request: &mut Request) -> bool {
@@ -149,9 +163,20 @@ pub fn sdl() -> String {
     builder().finish().sdl()
 }
 
+/// The schema as an Apollo Federation v2 subgraph: `_service { sdl }` prints the SDL with
+/// `@link(url: "https://specs.apollo.dev/federation/v2.5")` and `@key`s, and `_entities` resolves
+/// `Concert` and `Order` by id (see `gateway/tests/federation.rs`).
+pub fn federation_sdl() -> String {
+    builder().finish().sdl_with_options(async_graphql::SDLExportOptions::new().federation())
+}
+
 /// The types, with descriptions for the generic connection types (which have none of their own).
+/// Federation is on so that a router can compose the gateway as a subgraph; clients that do not use
+/// one just see `_entities` and `_service`.
 fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
     Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .enable_federation()
+        .enable_subscription_in_federation()
         .override_output_type_description::<Connection<String, concerts::Concert>>(
             "A page of concerts: `edges` with a cursor each, and `pageInfo` to fetch the next page.",
         )
@@ -213,8 +238,46 @@ impl Hardening {
                 self.max_root_fields
             )));
         }
+        if entity_representations(request) > MAX_ENTITY_REPRESENTATIONS {
+            return Err(bad_input(format!(
+                "_entities may resolve at most {MAX_ENTITY_REPRESENTATIONS} representations at once"
+            )));
+        }
         Ok(())
     }
+}
+
+/// How many representations the document's top-level `_entities` fields ask for, literal or from
+/// variables.
+fn entity_representations(request: &mut Request) -> usize {
+    use async_graphql::Value;
+    use async_graphql::parser::types::Selection;
+    // Taken out while the parsed document borrows the request, and put back below.
+    let variables = std::mem::take(&mut request.variables);
+    let count = match request.parsed_query() {
+        Err(_) => 0,
+        Ok(document) => document
+            .operations
+            .iter()
+            .flat_map(|(_, operation)| operation.node.selection_set.node.items.iter())
+            .filter_map(|selection| match &selection.node {
+                Selection::Field(field) if field.node.name.node == "_entities" => {
+                    field.node.get_argument("representations")
+                }
+                _ => None,
+            })
+            .map(|value| {
+                let resolved =
+                    value.node.clone().into_const_with(|name| variables.get(&name).cloned().ok_or(()));
+                match resolved {
+                    Ok(Value::List(items)) => items.len(),
+                    _ => 0,
+                }
+            })
+            .sum(),
+    };
+    request.variables = variables;
+    count
 }
 
 fn bad_input(message: String) -> ServerError {
@@ -312,7 +375,8 @@ mod tests {
             |value: &serde_json::Value| value["description"].as_str().is_none_or(str::is_empty);
         for ty in data["__schema"]["types"].as_array().unwrap() {
             let name = ty["name"].as_str().unwrap();
-            if name.starts_with("__") || builtin.contains(&name) {
+            // `_Service`, `_Entity`, `_Any`: Apollo Federation's own types, described by its spec.
+            if name.starts_with('_') || builtin.contains(&name) {
                 continue;
             }
             if undocumented(ty) {
@@ -324,6 +388,10 @@ mod tests {
                 .flatten()
                 .chain(ty["inputFields"].as_array().into_iter().flatten())
             {
+                // `_service`, `_entities`: Apollo Federation's own fields.
+                if field["name"].as_str().is_some_and(|name| name.starts_with('_')) {
+                    continue;
+                }
                 if undocumented(field) {
                     missing.push(format!("{name}.{}", field["name"]));
                 }
@@ -397,6 +465,35 @@ mod tests {
             "query A { __typename } mutation B { logout(refreshToken: \"x\") }"
         )));
         assert!(!is_introspection(&mut Request::new("{ not valid")));
+    }
+
+    #[test]
+    fn the_federation_sdl_is_a_v2_subgraph_with_concerts_and_orders_keyed_by_id() {
+        let sdl = federation_sdl();
+        assert!(sdl.contains("@link(") && sdl.contains("https://specs.apollo.dev/federation/v2."), "{sdl}");
+        for entity in ["type Concert @key(fields: \"id\")", "type Order @key(fields: \"id\")"] {
+            assert!(sdl.contains(entity), "{entity} missing from:\n{sdl}");
+        }
+    }
+
+    #[test]
+    fn entity_calls_are_bounded_literal_or_from_variables() {
+        let hardening = Hardening { max_query_bytes: 16384, max_selections: 1000, max_root_fields: 20 };
+        let query = "query($r: [_Any!]!) { _entities(representations: $r) { __typename } }";
+        let representations = |n: usize| {
+            let list: Vec<_> =
+                (0..n).map(|_| serde_json::json!({ "__typename": "Concert", "id": "x" })).collect();
+            async_graphql::Variables::from_json(serde_json::json!({ "r": list }))
+        };
+        let mut within = Request::new(query).variables(representations(MAX_ENTITY_REPRESENTATIONS));
+        assert!(hardening.check(&mut within).is_ok());
+        let mut over = Request::new(query).variables(representations(MAX_ENTITY_REPRESENTATIONS + 1));
+        assert!(hardening.check(&mut over).is_err());
+        let literal = format!(
+            "{{ _entities(representations: [{}]) {{ __typename }} }}",
+            "{__typename: \"Concert\", id: \"x\"} ".repeat(MAX_ENTITY_REPRESENTATIONS + 1)
+        );
+        assert!(hardening.check(&mut Request::new(literal)).is_err());
     }
 
     #[test]

@@ -200,6 +200,22 @@ impl OrderQueries {
         let id = parse_id(&id, "id")?;
         Ok(Some(Services::of(ctx).ordering.get(&viewer.token, id).await?.into()))
     }
+
+    /// Federation: resolves an `Order` entity (`@key(fields: "id")`) as `order(id)` does, only for
+    /// its owner (the token the router forwards). Anyone else's is `null`, as routers expect of an
+    /// entity that is not there: an error would fail every other entity of the same `_entities`
+    /// call (async-graphql resolves the list as one field).
+    #[graphql(entity)]
+    async fn find_order_by_id(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(key, desc = "The order's id.")] id: ID,
+    ) -> Result<Option<Order>, GatewayError> {
+        match self.order(ctx, id).await {
+            Err(GatewayError::NotFound(_)) => Ok(None),
+            other => other,
+        }
+    }
 }
 
 /// Buying seats.
@@ -234,7 +250,8 @@ impl OrderMutations {
     }
 
     /// Pays for a pending order. The test payment provider accepts `tok_visa` and declines
-    /// `tok_declined` (`PAYMENT_DECLINED`).
+    /// `tok_declined` (`PAYMENT_DECLINED`). An order that is no longer pending (cancelled, expired,
+    /// already confirmed) or whose seat hold has lapsed is `CONFLICT`.
     async fn confirm_order(
         &self,
         ctx: &Context<'_>,
@@ -247,7 +264,7 @@ impl OrderMutations {
         Ok(Services::of(ctx).ordering.confirm(&viewer.token, id, &payment_token).await?.into())
     }
 
-    /// Cancels an order and gives its seats back to sale.
+    /// Cancels an order and gives its seats back to sale. An order already cancelled is `CONFLICT`.
     async fn cancel_order(
         &self,
         ctx: &Context<'_>,

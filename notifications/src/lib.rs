@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod config;
+pub mod dead_letters;
 pub mod envelope;
 mod http;
 pub mod notification;

@@ -205,6 +205,8 @@ impl CircuitBreaker {
             minimum_calls: config.minimum_calls.max(1),
             ..config
         };
+        // Exported from the start, so "is any circuit open" has a series to read before the first trip.
+        metrics::gauge!("circuit_breaker_open", "breaker" => name).set(0.0);
         Self {
             name,
             config,
@@ -251,6 +253,7 @@ impl CircuitBreaker {
             State::HalfOpen { .. } => {
                 inner.window.clear();
                 inner.state = State::Closed;
+                metrics::gauge!("circuit_breaker_open", "breaker" => self.name).set(0.0);
                 tracing::info!(breaker = self.name, "circuit closed");
             }
             // A call that started before the circuit opened says nothing about the trial to come.
@@ -275,6 +278,7 @@ impl CircuitBreaker {
         if opens {
             inner.state = State::Open { until: now + self.config.cool_down };
             metrics::counter!("circuit_breaker_opened_total", "breaker" => self.name).increment(1);
+            metrics::gauge!("circuit_breaker_open", "breaker" => self.name).set(1.0);
             tracing::warn!(
                 breaker = self.name,
                 cool_down_ms = self.config.cool_down.as_millis(),

@@ -64,10 +64,6 @@ async fn catalog_down_means_unavailable_well_within_the_deadline_and_recovery_af
         metrics.lines().any(|line| line.starts_with("circuit_breaker_opened_total{breaker=\"catalog\"}")),
         "the catalog circuit opened:\n{metrics}"
     );
-    assert!(
-        metrics.lines().any(|line| line == "circuit_breaker_open{breaker=\"catalog\"} 1"),
-        "the catalog circuit is open now:\n{metrics}"
-    );
 
     // What does not need catalog still works.
     let me = gateway.data(Some(&fan), "{ me { email } myOrders { edges { cursor } } }", json!({})).await;

@@ -9,9 +9,13 @@
 //! - a replayed message is acked (removed from the DLQ) only after the broker confirmed its copy in
 //!   the work queue. A kill between the confirm and the ack leaves the message in both places;
 //!   the worker's inbox (the `notifications` row keyed by event id) makes the second one harmless.
-//! - each command looks at most at the messages the DLQ held when it started, so a message that
-//!   is dead-lettered again while a replay runs is not picked up twice by the same command.
+//! - a command handles each message at most once per run (by event id, or by body when there is
+//!   none): a copy the worker dead-letters again while a replay runs is left in the queue, so a
+//!   replay always ends. Nothing here trusts the queue's message count, which RabbitMQ may report
+//!   before the requeues of a previous command have landed.
 
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -145,9 +149,9 @@ impl DeadLetterQueue {
     /// queue. Returns how many were listed.
     pub async fn list(&self, limit: usize, mut each: impl FnMut(&DeadLetter)) -> anyhow::Result<usize> {
         let mut held = Vec::new();
+        // Held messages are not delivered again, so the queue runs dry once each was seen.
         let result = async {
-            let budget = self.budget().await?.min(limit);
-            while held.len() < budget {
+            while held.len() < limit {
                 let Some(delivery) = self.get().await? else { break };
                 each(&DeadLetter::read(&delivery));
                 held.push(delivery);
@@ -203,12 +207,12 @@ impl DeadLetterQueue {
     ) -> anyhow::Result<usize> {
         let mut held = Vec::new();
         let mut removed = 0;
+        let mut handled = HashSet::new();
         let result = async {
-            let budget = self.budget().await?;
-            for _ in 0..budget {
-                let Some(delivery) = self.get().await? else { break };
+            while let Some(delivery) = self.get().await? {
                 let letter = DeadLetter::read(&delivery);
-                if !selection.matches(&letter) {
+                let first_time = handled.insert(identity(&letter, &delivery.data));
+                if !first_time || !selection.matches(&letter) {
                     held.push(delivery);
                     continue;
                 }
@@ -227,10 +231,6 @@ impl DeadLetterQueue {
         .await;
         self.give_back(&held).await;
         result
-    }
-
-    async fn budget(&self) -> anyhow::Result<usize> {
-        Ok(usize::try_from(self.depth().await?).unwrap_or(usize::MAX))
     }
 
     async fn get(&self) -> anyhow::Result<Option<Delivery>> {
@@ -268,6 +268,18 @@ impl DeadLetterQueue {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_)) => bail!("queue {queue} does not exist"),
             Confirmation::Nack(_) => bail!("the broker refused the message"),
+        }
+    }
+}
+
+/// What makes two dead letters the same message: the event id, or the body when there is none.
+fn identity(letter: &DeadLetter, body: &[u8]) -> String {
+    match &letter.event_id {
+        Some(id) => format!("event:{id}"),
+        None => {
+            let mut hasher = DefaultHasher::new();
+            body.hash(&mut hasher);
+            format!("body:{:x}", hasher.finish())
         }
     }
 }

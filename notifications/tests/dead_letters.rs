@@ -1,6 +1,8 @@
 //! An operator working on the dead-letter queue with `notifications dlq ...`: what they see, what a
 //! replay and a purge do, and that no message is lost, even when the command is killed halfway.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 mod common;
 
 use std::time::Duration;
@@ -202,6 +204,29 @@ async fn replaying_everything_notifies_each_event_once_even_if_it_was_already_no
 }
 
 #[tokio::test]
+async fn replaying_a_message_the_worker_dead_letters_again_ends_and_keeps_it() {
+    let world = World::new().await;
+    let _worker = world.start_worker().await;
+    let mut broken = order_event(OrderEventType::Confirmed);
+    broken.buyer_email = "not-an-address".to_owned();
+    world.publish(&broken).await;
+    let dlq = world.topology().dead_letter_queue();
+    wait_until(|| async { world.messages_in(&dlq).await == 1 }).await;
+
+    // The worker sends it straight back to the DLQ; the replay must not chase it forever.
+    let queue = open_dlq(&world).await;
+    let replayed = tokio::time::timeout(Duration::from_secs(20), queue.replay(&Selection::All, |_| {}))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    queue.close().await;
+
+    assert_eq!(replayed, 1);
+    wait_until(|| async { world.messages_in(&dlq).await == 1 }).await;
+    assert_eq!(drained_ids(&world, &dlq).await, [broken.event_id.to_string()]);
+}
+
+#[tokio::test]
 async fn purging_asks_first_and_removes_only_the_chosen_event() {
     let world = World::new().await;
     world.declare_topology().await;
@@ -259,10 +284,6 @@ async fn a_replay_killed_halfway_loses_no_message() {
     let mut all = ids(&letters);
     all.sort();
     assert_eq!(seen, all, "every message is in the DLQ or was republished (both is fine)");
-    // What stayed behind kept its order.
-    let mut expected_left = ids(&letters);
-    expected_left.retain(|id| in_dlq.contains(id));
-    assert_eq!(in_dlq, expected_left);
 }
 
 #[tokio::test]
@@ -282,7 +303,12 @@ async fn a_listing_killed_halfway_leaves_every_message_in_place() {
 
     let dlq = world.topology().dead_letter_queue();
     wait_until(|| async { world.messages_in(&dlq).await == 3000 }).await;
-    assert_eq!(drained_ids(&world, &dlq).await, ids(&letters));
+    // RabbitMQ puts them back at their old positions where it can; what matters is that all are there.
+    let mut left = drained_ids(&world, &dlq).await;
+    left.sort();
+    let mut all = ids(&letters);
+    all.sort();
+    assert_eq!(left, all);
 }
 
 /// Polls `condition` for up to 20 s.

@@ -336,6 +336,26 @@ mod tests {
         let _ = breaker.call(async { Ok::<_, &str>(()) }, |_| true).await;
     }
 
+    #[test]
+    fn the_open_gauge_says_whether_the_circuit_is_open_now() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let gauge = || {
+            handle.render().lines().find_map(|line| {
+                line.strip_prefix("circuit_breaker_open{breaker=\"catalog\"} ").map(str::to_owned)
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = breaker(1, 1.0, Duration::from_secs(60), Duration::ZERO);
+            assert_eq!(gauge().as_deref(), Some("0"), "exported before the first call");
+            breaker.record_failure();
+            assert_eq!(gauge().as_deref(), Some("1"));
+            assert!(breaker.allow(), "the cool-down is over: a trial goes through");
+            breaker.record_success();
+            assert_eq!(gauge().as_deref(), Some("0"));
+        });
+    }
+
     #[tokio::test]
     async fn opens_once_enough_calls_mostly_failed_and_then_fails_fast() {
         let breaker = breaker(4, 0.5, Duration::from_secs(60), Duration::from_secs(60));

@@ -58,18 +58,59 @@ pub struct Story {
     pub trace_ids: Vec<(String, String)>,
 }
 
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    status: String,
+    quantity: i32,
+    total_cents: i64,
+    currency: String,
+    cancel_reason: Option<String>,
+    hold_expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_id: Uuid,
+    routing_key: String,
+    status: Option<String>,
+    traceparent: Option<String>,
+    created_at: DateTime<Utc>,
+    published_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct NotificationRow {
+    event_id: Uuid,
+    notification_type: String,
+    recipient: String,
+    recorded_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct HoldRow {
+    status: String,
+    quantity: i32,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
 /// Reads the order's story; `Ok(None)` when ordering has no such order.
 pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Option<Story>> {
     let mut ordering = read_only(&databases.ordering).await.context("connecting to ordering's database")?;
-    let order: Option<(String, i32, i64, String, Option<String>, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> =
+    let order: Option<OrderRow> =
         sqlx::query_as(
             "SELECT status, quantity, total_cents, currency, cancel_reason, hold_expires_at, created_at, updated_at
              FROM orders WHERE id = $1",
         )
         .bind(order_id)
         .fetch_optional(&mut ordering)
-        .await?;
-    let Some((
+        .await
+        .context("reading ordering's orders")?;
+    let Some(OrderRow {
         status,
         quantity,
         total_cents,
@@ -78,7 +119,7 @@ pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Opti
         hold_expires_at,
         created_at,
         updated_at,
-    )) = order
+    }) = order
     else {
         return Ok(None);
     };
@@ -88,16 +129,25 @@ pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Opti
         what: format!("order placed: Pending, seats held until {}", timestamp(hold_expires_at)),
     }];
     // The outbox keeps every state change as an event (until OUTBOX_RETENTION_HOURS purges it).
-    let events: Vec<(Uuid, String, Option<String>, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT event_id, routing_key, payload->>'status', headers->>'traceparent', created_at, published_at
+    let events: Vec<EventRow> = sqlx::query_as(
+        "SELECT event_id, routing_key, payload->>'status' AS status, headers->>'traceparent' AS traceparent,
+                    created_at, published_at
              FROM outbox WHERE payload->>'orderId' = $1 ORDER BY id",
-        )
-        .bind(order_id.to_string())
-        .fetch_all(&mut ordering)
-        .await?;
+    )
+    .bind(order_id.to_string())
+    .fetch_all(&mut ordering)
+    .await
+    .context("reading ordering's outbox")?;
     let mut trace_ids = Vec::new();
-    for (event_id, routing_key, event_status, traceparent, written_at, published_at) in &events {
+    for EventRow {
+        event_id,
+        routing_key,
+        status: event_status,
+        traceparent,
+        created_at: written_at,
+        published_at,
+    } in &events
+    {
         let trace_id = traceparent.as_deref().and_then(trace_id_of);
         if let Some(trace_id) = trace_id {
             trace_ids.push((routing_key.clone(), trace_id.to_owned()));
@@ -132,15 +182,16 @@ pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Opti
 
     let mut notifications =
         read_only(&databases.notifications).await.context("connecting to notifications' database")?;
-    let notified: Vec<(Uuid, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let notified: Vec<NotificationRow> = sqlx::query_as(
         "SELECT event_id, notification_type, recipient, recorded_at, sent_at
          FROM notifications WHERE order_id = $1 ORDER BY occurred_at",
     )
     .bind(order_id)
     .fetch_all(&mut notifications)
-    .await?;
+    .await
+    .context("reading notifications' records")?;
     let _ = notifications.close().await;
-    for (event_id, kind, recipient, recorded_at, sent_at) in &notified {
+    for NotificationRow { event_id, notification_type: kind, recipient, recorded_at, sent_at } in &notified {
         let to = notifications::notification::Recipient::parse(recipient)
             .map_or_else(|_| "an invalid address".to_owned(), |r| r.masked());
         steps.push(Step {
@@ -152,8 +203,8 @@ pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Opti
             steps.push(Step { at: *sent_at, service: "notifications", what: format!("{kind} sent to {to}") });
         }
     }
-    for (event_id, routing_key, ..) in &events {
-        if !notified.iter().any(|(notified_id, ..)| notified_id == event_id) {
+    for EventRow { event_id, routing_key, .. } in &events {
+        if !notified.iter().any(|n| n.event_id == *event_id) {
             steps.push(Step {
                 at: Utc::now(),
                 service: "notifications",
@@ -166,15 +217,22 @@ pub async fn trace(databases: &Databases, order_id: Uuid) -> anyhow::Result<Opti
     }
 
     let mut catalog = read_only(&databases.catalog).await.context("connecting to catalog's database")?;
-    let hold: Option<(String, i32, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let hold: Option<HoldRow> = sqlx::query_as(
         "SELECT status, quantity, expires_at, created_at, updated_at FROM holds WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(&mut catalog)
-    .await?;
+    .await
+    .context("reading catalog's holds")?;
     let _ = catalog.close().await;
     match hold {
-        Some((hold_status, seats, expires_at, hold_created, hold_updated)) => {
+        Some(HoldRow {
+            status: hold_status,
+            quantity: seats,
+            expires_at,
+            created_at: hold_created,
+            updated_at: hold_updated,
+        }) => {
             steps.push(Step {
                 at: hold_created,
                 service: "catalog",

@@ -60,9 +60,11 @@ async fn tracing_a_paid_order_tells_its_story_in_time_order_with_the_trace_ids()
     let hold_confirmed = line_with(&lines, &["catalog", "hold confirmed"]);
     let tickets = line_with(&lines, &["notifications", "tickets_confirmed sent to f***@example.com"]);
     assert!(held < created_written && placed <= created_written, "{lines:#?}");
-    assert!(created_written < created_published && created_published < received, "{lines:#?}");
+    // `published_at` is stamped once the relay has the broker's confirm, which can be after the
+    // worker already received the event: only the write is certain to come before the notification.
+    assert!(created_written < created_published && created_written < received, "{lines:#?}");
     assert!(hold_confirmed < confirmed && confirmed < confirmed_published, "{lines:#?}");
-    assert!(confirmed_published < tickets, "{lines:#?}");
+    assert!(confirmed < tickets, "{lines:#?}");
     let search = lines.last().unwrap();
     assert!(search.starts_with(&format!("search the logs for order.id={} or trace.id ", purchase.paid)));
     assert!(search.contains("(order.created)") && search.contains("(order.confirmed)"), "{search}");

@@ -1,9 +1,11 @@
 //! `cargo run --release`: checks Postgres, Redis and RabbitMQ, prepares the databases and runs every
-//! TicketFlow service in this one process until Ctrl-C.
+//! TicketFlow service in this one process until Ctrl-C. `cargo run --release -- trace ORDER_ID` tells
+//! one order's story from the services' databases instead.
 
 mod infra;
 mod service_env;
 mod stack;
+mod trace;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -13,14 +15,38 @@ use platform::config::{Env, ProcessEnv, or_exit};
 use platform::telemetry::{self, TelemetryConfig};
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 
 use crate::infra::Infrastructure;
 use crate::service_env::ServiceEnv;
 use crate::stack::{Stack, local};
 
+/// TicketFlow: every service in one process (the default), or an operator command. Configuration
+/// comes from the environment, each service reading `<SERVICE>_<NAME>` first.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service until Ctrl-C (the default).
+    Run,
+    /// Print one order's states, outbox events, notifications and seat hold in time order, read
+    /// from ordering's, notifications' and catalog's databases, and the trace ids to search the
+    /// logs for.
+    Trace { order_id: uuid::Uuid },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     platform::install_crypto_provider();
+    let cli = Cli::parse();
+    if let Some(Command::Trace { order_id }) = cli.command {
+        return trace_order(order_id).await;
+    }
     let env = Env::new(&ProcessEnv);
     let _telemetry = or_exit(TelemetryConfig::from_env(&env, "ticketflow").and_then(|config| {
         telemetry::init(&config)
@@ -59,6 +85,25 @@ async fn main() -> ExitCode {
         Ok(()) => {
             println!("TicketFlow stopped.");
             ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// No log subscriber: stdout carries only the story; errors are one line on stderr.
+async fn trace_order(order_id: uuid::Uuid) -> ExitCode {
+    let databases = or_exit(trace::Databases::from_env());
+    match trace::trace(&databases, order_id).await {
+        Ok(Some(story)) => {
+            println!("{story}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("error: ordering has no order {order_id}");
+            ExitCode::FAILURE
         }
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -17,6 +17,8 @@ pub const ATTEMPT_HEADER: &str = "x-attempt";
 pub const REASON_HEADER: &str = "x-dead-letter-reason";
 /// Header on a dead-lettered message with the error in words.
 pub const ERROR_HEADER: &str = "x-dead-letter-error";
+/// Header on a dead-lettered message saying when it was dead-lettered (RFC 3339, UTC).
+pub const DIED_AT_HEADER: &str = "x-dead-lettered-at";
 /// Header keeping the routing key the event was first published with.
 pub const ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 

@@ -9,7 +9,8 @@
 //!
 //! Metrics: `notifications_processed_total{type}`, `notifications_duplicates_total`,
 //! `notifications_retried_total`, `notifications_dead_lettered_total{reason}`,
-//! `notification_processing_seconds`.
+//! `notification_processing_seconds`, `notification_event_age_seconds`, `notifications_queue_messages{queue}`.
+//! [`dead_letters`] is the operator side of the DLQ (`notifications dlq list | replay | purge`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod config;
+pub mod dead_letters;
 pub mod envelope;
 mod http;
 pub mod notification;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ConnectionStatus};
@@ -22,7 +22,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::envelope::{
-    self, ATTEMPT_HEADER, ERROR_HEADER, HeaderExtractor, REASON_HEADER, ROUTING_KEY_HEADER,
+    self, ATTEMPT_HEADER, DIED_AT_HEADER, ERROR_HEADER, HeaderExtractor, REASON_HEADER, ROUTING_KEY_HEADER,
 };
 use crate::envelope::{DeadLetterReason, Rejection};
 use crate::notification;
@@ -35,6 +35,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How often the queue depths behind `notifications_queue_messages` are read from the broker.
+const QUEUE_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Whether the worker holds a live broker connection; read by `/health`.
 #[derive(Clone, Default)]
@@ -89,6 +91,15 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "notifications_dead_lettered_total",
         "Messages sent to the dead-letter queue, by reason"
+    );
+    metrics::describe_gauge!(
+        "notifications_queue_messages",
+        "Messages ready in the worker's queues, by queue (work, dead_letter), sampled every 10 s"
+    );
+    metrics::describe_histogram!(
+        "notification_event_age_seconds",
+        metrics::Unit::Seconds,
+        "From the order event's occurredAt to the worker receiving it: how far notifications lag"
     );
     metrics::describe_histogram!(
         "notification_processing_seconds",
@@ -173,6 +184,10 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        let _sampler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sample_queue_depths(
+            connection.create_channel().await?,
+            self.topology.clone(),
+        )));
         self.broker.set(Some(connection.status().clone()));
         *consumed = true;
         tracing::info!(
@@ -261,6 +276,8 @@ impl Worker {
             Ok(event) => event,
             Err(rejection) => return Action::DeadLetter(rejection),
         };
+        let age = chrono::Utc::now().signed_duration_since(event.occurred_at);
+        metrics::histogram!("notification_event_age_seconds").record(age.as_seconds_f64().max(0.0));
         let span = tracing::Span::current();
         span.record("event.id", tracing::field::display(event.event_id));
         span.record("order.id", tracing::field::display(event.order_id));
@@ -327,9 +344,11 @@ impl Worker {
             }
             Action::DeadLetter(rejection) => {
                 let detail = envelope::truncate(&rejection.detail, 500);
+                let died_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let mut changes = vec![
                     (REASON_HEADER, envelope::string_value(rejection.reason.as_str())),
                     (ERROR_HEADER, envelope::string_value(detail)),
+                    (DIED_AT_HEADER, envelope::string_value(&died_at)),
                 ];
                 if keep_original_key {
                     changes.push(original_key);
@@ -360,6 +379,28 @@ impl Worker {
         let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
         if let Err(error) = delivery.nack(requeue).await {
             tracing::warn!(%error, "could not return the message; the broker will redeliver it");
+        }
+    }
+}
+
+/// Reads the depth of the work queue and the dead-letter queue every [`QUEUE_SAMPLE_INTERVAL`]
+/// for `notifications_queue_messages`, so an alert fires on a dead letter without anyone running
+/// `rabbitmqctl`. Its own channel: a failed passive declare closes the channel it ran on.
+async fn sample_queue_depths(channel: Channel, topology: Topology) {
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let queues = [("work", topology.queue.clone()), ("dead_letter", topology.dead_letter_queue())];
+    let mut ticks = tokio::time::interval(QUEUE_SAMPLE_INTERVAL);
+    loop {
+        ticks.tick().await;
+        for (label, queue) in &queues {
+            match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+                Ok(declared) => metrics::gauge!("notifications_queue_messages", "queue" => *label)
+                    .set(f64::from(declared.message_count())),
+                Err(error) => {
+                    tracing::debug!(%error, "could not read the queue depths; the session reconnects");
+                    return;
+                }
+            }
         }
     }
 }

@@ -205,6 +205,8 @@ impl CircuitBreaker {
             minimum_calls: config.minimum_calls.max(1),
             ..config
         };
+        // Exported from the start, so "is any circuit open" has a series to read before the first trip.
+        metrics::gauge!("circuit_breaker_open", "breaker" => name).set(0.0);
         Self {
             name,
             config,
@@ -251,6 +253,7 @@ impl CircuitBreaker {
             State::HalfOpen { .. } => {
                 inner.window.clear();
                 inner.state = State::Closed;
+                metrics::gauge!("circuit_breaker_open", "breaker" => self.name).set(0.0);
                 tracing::info!(breaker = self.name, "circuit closed");
             }
             // A call that started before the circuit opened says nothing about the trial to come.
@@ -275,6 +278,7 @@ impl CircuitBreaker {
         if opens {
             inner.state = State::Open { until: now + self.config.cool_down };
             metrics::counter!("circuit_breaker_opened_total", "breaker" => self.name).increment(1);
+            metrics::gauge!("circuit_breaker_open", "breaker" => self.name).set(1.0);
             tracing::warn!(
                 breaker = self.name,
                 cool_down_ms = self.config.cool_down.as_millis(),
@@ -330,6 +334,26 @@ mod tests {
 
     async fn succeed(breaker: &CircuitBreaker) {
         let _ = breaker.call(async { Ok::<_, &str>(()) }, |_| true).await;
+    }
+
+    #[test]
+    fn the_open_gauge_says_whether_the_circuit_is_open_now() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let gauge = || {
+            handle.render().lines().find_map(|line| {
+                line.strip_prefix("circuit_breaker_open{breaker=\"catalog\"} ").map(str::to_owned)
+            })
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = breaker(1, 1.0, Duration::from_secs(60), Duration::ZERO);
+            assert_eq!(gauge().as_deref(), Some("0"), "exported before the first call");
+            breaker.record_failure();
+            assert_eq!(gauge().as_deref(), Some("1"));
+            assert!(breaker.allow(), "the cool-down is over: a trial goes through");
+            breaker.record_success();
+            assert_eq!(gauge().as_deref(), Some("0"));
+        });
     }
 
     #[tokio::test]

@@ -228,6 +228,46 @@ impl World {
             .unwrap()
     }
 
+    /// Declares the worker's exchange and queues without starting a worker.
+    pub async fn declare_topology(&self) {
+        self.topology().declare(&self.channel).await.unwrap();
+    }
+
+    /// Publishes straight into one of the worker's queues (through the default exchange) and waits
+    /// for the confirm, e.g. to put a message in the DLQ as the worker would have.
+    pub async fn publish_to_queue(&self, queue: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .unwrap();
+        confirmed(confirm).await;
+    }
+
+    /// [`World::publish_to_queue`] without waiting: returns the confirm, for bulk publishing.
+    pub async fn publish_to_queue_unconfirmed(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::PublisherConfirm {
+        self.channel
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .unwrap()
+    }
+
+    /// Takes every message off `queue` (acking them), in order.
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::Delivery> {
+        let mut taken = Vec::new();
+        while let Some(message) =
+            self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        {
+            taken.push(message.delivery);
+        }
+        taken
+    }
+
     /// Direct access to the worker's database, for assertions.
     pub async fn pg(&mut self) -> PgPool {
         if self.pg.is_none() {
@@ -342,7 +382,7 @@ impl Drop for World {
 }
 
 /// The properties ordering publishes an event with.
-fn event_properties(event_id: Uuid) -> BasicProperties {
+pub fn event_properties(event_id: Uuid) -> BasicProperties {
     let mut headers = FieldTable::default();
     let traceparent =
         format!("00-{}-{}-01", Uuid::new_v4().simple(), &Uuid::new_v4().simple().to_string()[..16]);

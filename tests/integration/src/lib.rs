@@ -20,7 +20,7 @@ pub mod stack;
 
 pub use broker::BrokerLeftovers;
 pub use db::TestDatabase;
-pub use graphql::GraphqlClient;
+pub use graphql::{GraphqlClient, Purchase};
 pub use inflight::HalfSentRequest;
 pub use names::TestNames;
 pub use process::ServiceProcess;

@@ -113,8 +113,8 @@ fn environment() -> Vec<(String, String)> {
         ("AUTH_RATE_LIMIT_PER_MINUTE", "1000000"),
         ("AUTH_RATE_LIMIT_BURST", "1000000"),
         ("HTTP_MAX_CONNECTIONS_PER_IP", "100000"),
-        ("MAX_PENDING_SEATS_PER_BUYER", "100000"),
-        ("MAX_PENDING_ORDERS_PER_BUYER", "100000"),
+        ("MAX_PENDING_SEATS_PER_BUYER", "1000"),
+        ("MAX_PENDING_ORDERS_PER_BUYER", "1000"),
         ("PAYMENT_PROVIDER", "test"),
     ]
     .into_iter()
